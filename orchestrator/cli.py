@@ -1,0 +1,269 @@
+"""The command line: ``orchestrator run|resume|status|abort|reboot|plan|history|demo``.
+
+Only argument handling and exit codes live here; the work is in ``engine``. Heavy imports
+(asyncssh, httpx, pydantic) happen inside the commands that need them, so ``status`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from orchestrator.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OrchestratorError, StoreError
+from orchestrator.paths import config_path, read_state_dir
+
+if TYPE_CHECKING:
+    from orchestrator.config import LoadedConfig
+    from orchestrator.states import RunKind
+    from orchestrator.store import Store
+
+
+class Context:
+    def __init__(self, config_option: str | None, debug: bool) -> None:
+        self.config_path = config_path(config_option, os.environ)
+        self.debug = debug
+
+    def load(self) -> LoadedConfig:
+        from orchestrator import logs
+        from orchestrator.config import load_config
+
+        config = load_config(self.config_path)
+        logs.setup(self.debug, config.settings.log_file)
+        return config
+
+    def open_store(self, create: bool) -> Store | None:
+        from orchestrator.store import Store
+
+        state_dir = read_state_dir(self.config_path)
+        try:
+            return Store.open(state_dir, create=create)
+        except FileNotFoundError:
+            return None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_option",
+    metavar="PATH",
+    help="Config file [default: $ORCHESTRATOR_CONFIG or /etc/lab-orchestrator/config.yaml].",
+)
+@click.option("--debug", is_flag=True, help="Verbose logs, and tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
+    """Nightly, health-gated update and rolling reboot of a NixOS homelab."""
+    ctx.obj = Context(config_option, debug)
+
+
+def _drive(ctx: Context, config: LoadedConfig, *, start: RunKind | None, only: str | None) -> int:
+    import asyncio
+    import logging
+
+    from orchestrator import lock
+    from orchestrator.engine import Engine
+    from orchestrator.states import Phase, RunKind
+    from orchestrator.store import Store
+
+    log = logging.getLogger("orchestrator")
+    state_dir = config.settings.state_dir
+    with lock.exclusive(state_dir):
+        store = Store.open(state_dir)
+        run = store.active_run()
+        if run is not None:
+            if start is RunKind.REBOOT:
+                raise OrchestratorError(
+                    f"run {run.run_id} is in progress ({run.state}); let it finish "
+                    "or stop it with `orchestrator abort` first"
+                )
+            log.info(
+                "run %d: continuing from %s (started %s)",
+                run.run_id,
+                run.state,
+                run.started_at.isoformat(timespec="seconds"),
+            )
+        elif start is None:
+            click.echo("nothing to resume: no run is in progress", err=True)
+            return EXIT_OK
+        else:
+            names = [only] if only else list(config.machine_order)
+            machines = [(name, config.machine(name).local) for name in names]
+            run = store.create_run(start, machines, config.path)
+            log.info("run %d: %s run of %s", run.run_id, start.value, " -> ".join(names))
+        final = asyncio.run(Engine(config, store, run).drive())
+        store.close()
+    return EXIT_OK if final.state == Phase.DONE.value else EXIT_FAILED
+
+
+@cli.command()
+@click.pass_obj
+def run(ctx: Context) -> int:
+    """Update, deploy, then reboot every machine in order (continues a run in progress)."""
+    from orchestrator.states import RunKind
+
+    return _drive(ctx, ctx.load(), start=RunKind.NIGHTLY, only=None)
+
+
+@cli.command()
+@click.pass_obj
+def resume(ctx: Context) -> int:
+    """Finish an interrupted run (the boot unit calls this); no-op when there is none."""
+    return _drive(ctx, ctx.load(), start=None, only=None)
+
+
+@cli.command()
+@click.argument("machine")
+@click.pass_obj
+def reboot(ctx: Context, machine: str) -> int:
+    """Reboot one MACHINE and wait until it passes the health gate."""
+    from orchestrator.states import RunKind
+
+    config = ctx.load()
+    config.machine(machine)
+    return _drive(ctx, config, start=RunKind.REBOOT, only=machine)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(ctx: Context, as_json: bool) -> int:
+    """The current or last run: state, per-machine progress, boot ids, errors."""
+    from orchestrator import report
+
+    store = ctx.open_store(create=False)
+    run = store.latest_run() if store else None
+    if as_json:
+        click.echo(report.dumps(report.status_json(run)))
+    else:
+        report.status_text(run)
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs.")
+@click.pass_obj
+def history(ctx: Context, limit: int) -> int:
+    """Past runs, newest first, one line each."""
+    from orchestrator import report
+
+    store = ctx.open_store(create=False)
+    runs = store.runs(limit) if store else []
+    for line in report.history_lines(runs) or ["no runs yet"]:
+        click.echo(line)
+    return EXIT_OK
+
+
+@cli.command()
+@click.pass_obj
+def abort(ctx: Context) -> int:
+    """Stop the run in progress at the next safe point; it ends `aborted`."""
+    from orchestrator import lock
+    from orchestrator.errors import LockHeldError
+    from orchestrator.states import Phase
+
+    store = ctx.open_store(create=False)
+    run = store.active_run() if store else None
+    if store is None or run is None:
+        click.echo("no run in progress")
+        return EXIT_OK
+    state_dir = read_state_dir(ctx.config_path)
+    try:
+        with lock.exclusive(state_dir):
+            # Nobody is driving the run (e.g. it waits for the controller's resume at boot).
+            message = f"aborted on request (orchestrator abort) in {run.state}"
+            store.request_abort(run.run_id)
+            store.set_state(run.run_id, Phase.ABORTED.value, error=message)
+            click.echo(f"run {run.run_id} aborted (no orchestrator was running it)")
+    except LockHeldError:
+        store.request_abort(run.run_id)
+        pid = lock.holder_pid(state_dir)
+        click.echo(
+            f"abort requested: run {run.run_id} (PID {pid or '?'}, now {run.state}) stops "
+            "at the next safe point; it will not send another reboot"
+        )
+    return EXIT_OK
+
+
+@cli.command()
+@click.pass_obj
+def plan(ctx: Context) -> int:
+    """Show what a run would do and probe every machine now, changing nothing."""
+    import asyncio
+
+    from orchestrator.engine import plan_probe
+    from orchestrator.states import RunKind, work_states
+
+    config = ctx.load()
+    settings = config.settings
+    click.echo(f"config: {config.path}")
+    click.echo(
+        f"in {config.flake_dir}: update `{' '.join(settings.update.command)}`, "
+        f"deploy `{' '.join(settings.deploy.command)}`"
+    )
+    click.echo(
+        "steps: " + " -> ".join([*work_states(RunKind.NIGHTLY, config.machine_order), "done"])
+    )
+    reboot = settings.reboot
+    click.echo(
+        f"gate: {reboot.stable_passes} passes {reboot.poll_interval:g}s apart, "
+        f"timeout {reboot.timeout:g}s per machine, settle {reboot.settle:g}s"
+    )
+    rounds = asyncio.run(plan_probe(config))
+    ready = True
+    for name, result in rounds.items():
+        verdict = "ready" if result.passed else f"NOT READY: {result.first_failure}"
+        ready = ready and result.passed
+        click.echo(f"  {name}: {verdict}")
+    return EXIT_OK if ready else EXIT_FAILED
+
+
+@cli.command("validate-config")
+@click.pass_obj
+def validate_config(ctx: Context) -> int:
+    """Check the config file and exit (0: valid, 2: one line saying what is wrong)."""
+    from orchestrator.config import load_config
+
+    config = load_config(ctx.config_path)
+    click.echo(f"{config.path}: ok ({' -> '.join(config.machine_order)})")
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the demo directory afterwards.")
+@click.pass_obj
+def demo(ctx: Context, keep: bool) -> int:
+    """Run a whole nightly run against a simulated lab on this machine (no root needed)."""
+    from orchestrator.demo import run_demo
+
+    return run_demo(debug=ctx.debug, keep=keep)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        code: Any = cli.main(args=args, prog_name="orchestrator", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+    except OrchestratorError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        code = exc.exit_code
+    except sqlite3.DatabaseError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {StoreError(f'state store is corrupt or unreadable: {exc}')}", err=True)
+        code = EXIT_FAILED
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""``orchestrator demo``: a whole nightly run against the simulated lab, in under a minute.
+
+The seed's machines (sleeper-service, grey-area, reverse-proxy) are simulated hosts on
+loopback; the controller is this process. The run is a real ``orchestrator run`` child process
+using the production engine; only its config differs (addresses, keys, and for the controller
+the reboot command and where the boot id is read). When that child asks the controller to
+reboot, this process plays systemd's shutdown: SIGTERM, then SIGKILL, a new boot id, and the
+boot unit's ``orchestrator resume``, which verifies the controller and finishes the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import yaml
+
+from orchestrator.simlab import Behaviour, SimLab
+
+SEED_MACHINES = ["sleeper-service", "grey-area", "reverse-proxy"]
+SHUTDOWN_GRACE = 1.0
+_SIGNAL_DEMO = "import os, signal; os.kill(%d, signal.SIGUSR1)"
+
+
+def _say(message: str) -> None:
+    print(f"\n=== {message}", file=sys.stderr, flush=True)
+
+
+class Controller:
+    """The controller as the run sees it: a boot id file and a system state file."""
+
+    def __init__(self, directory: Path) -> None:
+        self.boot_id_file = directory / "controller-boot_id"
+        self.state_file = directory / "controller-state"
+        self.boot_id_file.write_text(f"{uuid.uuid4()}\n")
+        self.state_file.write_text("running\n")
+        self.reboot_requested = asyncio.Event()
+
+    def set_state(self, state: str) -> None:
+        self.state_file.write_text(f"{state}\n")
+
+    def boot(self) -> None:
+        self.boot_id_file.write_text(f"{uuid.uuid4()}\n")
+
+
+async def _orchestrator(config: Path, command: str, debug: bool) -> asyncio.subprocess.Process:
+    argv = [sys.executable, "-m", "orchestrator", "--config", str(config)]
+    return await asyncio.create_subprocess_exec(*argv, *(["--debug"] if debug else []), command)
+
+
+async def _demo(directory: Path, debug: bool) -> int:
+    lab = SimLab(directory / "lab", SEED_MACHINES, Behaviour(boot_time=1.5, http_delay=0.5))
+    await lab.start()
+    controller = Controller(directory)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, controller.reboot_requested.set)
+    config = lab.config(
+        directory / "state",
+        flake=str(directory),
+        update={"command": [sys.executable, "-c", "print('flake.lock: inputs updated')"]},
+        deploy={"command": [sys.executable, "-c", "print('deployed 4 machines')"]},
+        reboot={"poll_interval": 0.5, "stable_passes": 2},
+        local={
+            # systemctl reboot, as far as the run can tell: returns at once, then shutdown.
+            "reboot_command": [sys.executable, "-c", _SIGNAL_DEMO % os.getpid()],
+            "state_command": ["cat", str(controller.state_file)],
+            "boot_id_file": str(controller.boot_id_file),
+        },
+    )
+    config["machines"]["self"] = {"local": True}
+    config_file = directory / "demo.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    _say(f"simulated lab up: {', '.join(SEED_MACHINES)} + this controller ({config_file})")
+
+    try:
+        child = await _orchestrator(config_file, "run", debug)
+        finished = asyncio.create_task(child.wait())
+        reboot = asyncio.create_task(controller.reboot_requested.wait())
+        await asyncio.wait({finished, reboot}, return_when=asyncio.FIRST_COMPLETED)
+        if reboot.done():
+            _say("controller: `systemctl reboot` — shutting down, the orchestrator is stopped")
+            controller.set_state("stopping")
+            with contextlib.suppress(ProcessLookupError):
+                child.terminate()
+            try:
+                await asyncio.wait_for(asyncio.shield(finished), SHUTDOWN_GRACE)
+            except TimeoutError:
+                child.kill()
+                await finished
+            await asyncio.sleep(1.0)
+            controller.boot()
+            controller.set_state("starting")
+            _say("controller: booted; the boot unit runs `orchestrator resume`")
+            loop.call_later(0.5, controller.set_state, "running")
+            resumed = await _orchestrator(config_file, "resume", debug)
+            await resumed.wait()
+        else:
+            reboot.cancel()
+        _say("orchestrator status")
+        status = await _orchestrator(config_file, "status", debug)
+        await status.wait()
+        from orchestrator.store import Store
+
+        store = Store.open(directory / "state", create=False)
+        run = store.latest_run()
+        store.close()
+        return 0 if run is not None and run.state == "done" else 1
+    finally:
+        await lab.stop()
+
+
+def run_demo(debug: bool = False, keep: bool = False) -> int:
+    directory = Path(tempfile.mkdtemp(prefix="lab-orchestrator-demo-"))
+    try:
+        return asyncio.run(_demo(directory, debug))
+    finally:
+        if keep:
+            print(f"demo files kept in {directory}", file=sys.stderr)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,41 @@
+"""Where the config file is, and the one key ``status`` and ``history`` need from it.
+
+Kept apart from ``config`` so the read-only commands never import pydantic: ``status`` should
+answer in well under 150 ms and keep working while the rest of the file is being edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from orchestrator.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/lab-orchestrator/config.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/lab-orchestrator")
+
+
+def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
+    if option:
+        return Path(option)
+    if environ.get("ORCHESTRATOR_CONFIG"):
+        return Path(environ["ORCHESTRATOR_CONFIG"])
+    return DEFAULT_CONFIG_PATH
+
+
+def read_state_dir(path: Path) -> Path:
+    default = DEFAULT_STATE_DIR
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file (pass --config or set ORCHESTRATOR_CONFIG)"
+        ) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    value = raw.get("state_dir", default) if isinstance(raw, dict) else default
+    if not isinstance(value, str | Path):
+        raise ConfigError(f"{path}: state_dir: must be a path")
+    return Path(value).expanduser()

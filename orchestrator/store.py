@@ -1,0 +1,330 @@
+"""The crash-safe run store: SQLite in WAL mode with ``synchronous=FULL``.
+
+Every change the engine makes is one committed transaction *before* the side effect it leads
+to, so a SIGKILL at any instant leaves a store that says what may already have happened. Past
+runs stay in the same file: that is ``orchestrator history``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import StoreError
+from orchestrator.states import FINAL_STATES, Phase, RunKind
+
+SCHEMA_VERSION = 1
+STORE_FILE = "state.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    error TEXT,
+    abort_requested_at TEXT,
+    config_path TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS machines (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    local INTEGER NOT NULL,
+    host_key TEXT,
+    boot_id_before TEXT,
+    boot_id_after TEXT,
+    reboot_requested_at TEXT,
+    reboot_requests INTEGER NOT NULL DEFAULT 0,
+    healthy_at TEXT,
+    error TEXT,
+    last_probes TEXT,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    state TEXT NOT NULL,
+    entered_at TEXT NOT NULL
+);
+"""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="milliseconds") if moment else None
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@dataclass(frozen=True)
+class MachineRecord:
+    run_id: int
+    position: int
+    name: str
+    local: bool
+    host_key: str | None
+    boot_id_before: str | None
+    boot_id_after: str | None
+    reboot_requested_at: datetime | None
+    reboot_requests: int
+    healthy_at: datetime | None
+    error: str | None
+    last_probes: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: int
+    kind: RunKind
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    abort_requested_at: datetime | None
+    config_path: str
+    machines: tuple[MachineRecord, ...]
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def machine_names(self) -> list[str]:
+        return [machine.name for machine in self.machines]
+
+    def machine(self, name: str) -> MachineRecord:
+        return next(machine for machine in self.machines if machine.name == name)
+
+
+class Store:
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = connection
+
+    @classmethod
+    def open(cls, state_dir: Path, *, create: bool = True) -> Store:
+        path = state_dir / STORE_FILE
+        if not create and not path.exists():
+            raise FileNotFoundError(path)
+        try:
+            state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction never
+            # starts implicitly and every write is explicit about where it commits.
+            connection = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            check = connection.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            store = cls(path, connection)
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"state store {path} is corrupt or unreadable ({exc}); nothing was rebooted. "
+                "Move it aside to start afresh (the run history in it is lost)."
+            ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"cannot open state store {path}: {exc}; nothing was rebooted"
+            ) from None
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StoreError(
+                f"cannot write state store {self.path}: {exc}; stopping before anything else "
+                "is done (no reboot is sent whose intent is not saved)"
+            ) from None
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"unknown schema version {row[0]}")
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def create_run(
+        self, kind: RunKind, machines: Sequence[tuple[str, bool]], config_path: Path
+    ) -> RunRecord:
+        started = iso(now())
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (kind, state, started_at, config_path) VALUES (?, ?, ?, ?)",
+                (kind.value, Phase.PREFLIGHT.value, started, str(config_path)),
+            )
+            run_id = cursor.lastrowid
+            assert run_id is not None
+            db.executemany(
+                "INSERT INTO machines (run_id, position, name, local) VALUES (?, ?, ?, ?)",
+                [(run_id, index, name, int(local)) for index, (name, local) in enumerate(machines)],
+            )
+            db.execute(
+                "INSERT INTO steps VALUES (?, ?, ?)", (run_id, Phase.PREFLIGHT.value, started)
+            )
+        return self.run(run_id)
+
+    def set_state(self, run_id: int, state: str, *, error: str | None = None) -> None:
+        moment = iso(now())
+        finished = moment if state in FINAL_STATES else None
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET state=?, finished_at=COALESCE(?, finished_at),"
+                " error=COALESCE(?, error) WHERE run_id=?",
+                (state, finished, error, run_id),
+            )
+            db.execute("INSERT INTO steps VALUES (?, ?, ?)", (run_id, state, moment))
+
+    def request_abort(self, run_id: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET abort_requested_at=COALESCE(abort_requested_at, ?) WHERE run_id=?",
+                (iso(now()), run_id),
+            )
+
+    def abort_requested(self, run_id: int) -> bool:
+        row = self._db.execute(
+            "SELECT abort_requested_at FROM runs WHERE run_id=?", (run_id,)
+        ).fetchone()
+        return row is not None and row[0] is not None
+
+    # -- machines -----------------------------------------------------------------------------
+
+    def update_machine(self, run_id: int, name: str, **fields: Any) -> None:
+        allowed = {
+            "host_key",
+            "boot_id_before",
+            "boot_id_after",
+            "reboot_requested_at",
+            "healthy_at",
+            "error",
+            "last_probes",
+        }
+        assert set(fields) <= allowed, fields
+        values = {
+            key: iso(value) if isinstance(value, datetime) else value
+            for key, value in fields.items()
+        }
+        if "last_probes" in values:
+            values["last_probes"] = json.dumps(values["last_probes"])
+        assignments = ", ".join(f"{key}=:{key}" for key in values)
+        with self._write() as db:
+            db.execute(
+                f"UPDATE machines SET {assignments} WHERE run_id=:run_id AND name=:name",
+                {**values, "run_id": run_id, "name": name},
+            )
+
+    def record_reboot_intent(
+        self, run_id: int, name: str, boot_id_before: str, host_key: str | None
+    ) -> None:
+        """The promise kept by resume: once this commits, the reboot may have been sent."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET boot_id_before=?, host_key=COALESCE(?, host_key),"
+                " reboot_requested_at=?, reboot_requests=reboot_requests+1"
+                " WHERE run_id=? AND name=?",
+                (boot_id_before, host_key, iso(now()), run_id, name),
+            )
+
+    def record_reboot_resend(self, run_id: int, name: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET reboot_requested_at=?, reboot_requests=reboot_requests+1"
+                " WHERE run_id=? AND name=?",
+                (iso(now()), run_id, name),
+            )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def run(self, run_id: int) -> RunRecord:
+        row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"state store {self.path}: no run {run_id}")
+        machines = self._db.execute(
+            "SELECT * FROM machines WHERE run_id=? ORDER BY position", (run_id,)
+        ).fetchall()
+        return RunRecord(
+            run_id=row["run_id"],
+            kind=RunKind(row["kind"]),
+            state=row["state"],
+            started_at=datetime.fromisoformat(row["started_at"]),
+            finished_at=parse_iso(row["finished_at"]),
+            error=row["error"],
+            abort_requested_at=parse_iso(row["abort_requested_at"]),
+            config_path=row["config_path"],
+            machines=tuple(
+                MachineRecord(
+                    run_id=machine["run_id"],
+                    position=machine["position"],
+                    name=machine["name"],
+                    local=bool(machine["local"]),
+                    host_key=machine["host_key"],
+                    boot_id_before=machine["boot_id_before"],
+                    boot_id_after=machine["boot_id_after"],
+                    reboot_requested_at=parse_iso(machine["reboot_requested_at"]),
+                    reboot_requests=machine["reboot_requests"],
+                    healthy_at=parse_iso(machine["healthy_at"]),
+                    error=machine["error"],
+                    last_probes=json.loads(machine["last_probes"] or "[]"),
+                )
+                for machine in machines
+            ),
+        )
+
+    def latest_run(self) -> RunRecord | None:
+        row = self._db.execute("SELECT MAX(run_id) FROM runs").fetchone()
+        return self.run(row[0]) if row and row[0] is not None else None
+
+    def active_run(self) -> RunRecord | None:
+        placeholders = ", ".join("?" for _ in FINAL_STATES)
+        row = self._db.execute(
+            f"SELECT MAX(run_id) FROM runs WHERE state NOT IN ({placeholders})",
+            tuple(FINAL_STATES),
+        ).fetchone()
+        return self.run(row[0]) if row and row[0] is not None else None
+
+    def runs(self, limit: int = 50) -> list[RunRecord]:
+        rows = self._db.execute(
+            "SELECT run_id FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [self.run(row[0]) for row in rows]
+
+    def steps(self, run_id: int) -> list[tuple[str, datetime]]:
+        rows = self._db.execute(
+            "SELECT state, entered_at FROM steps WHERE run_id=? ORDER BY rowid", (run_id,)
+        ).fetchall()
+        return [(row[0], datetime.fromisoformat(row[1])) for row in rows]
