@@ -129,13 +129,14 @@ async def wait_until_healthy(
     raises (an abort request, a changed host key) ends the wait at once.
     """
     streak: list[GateRound] = []
+    rounds: list[GateRound] = []
 
     async def attempt() -> GateRound:
         # tenacity checks its stop condition only between attempts, so each attempt is
         # bounded here or a hanging probe would overshoot the deadline.
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise GateNotPassed(streak[-1] if streak else None, "deadline reached")
+            raise GateNotPassed(rounds[-1] if rounds else None, "deadline reached")
         try:
             async with asyncio.timeout(min(remaining, policy.probe_timeout + 1.0)):
                 result = await gate_round(
@@ -148,6 +149,7 @@ async def wait_until_healthy(
                 )
         except TimeoutError:
             result = GateRound((Probe("gate", False, "round timed out"),), None, None)
+        rounds[:] = [result]
         await on_round(result)
         if not result.passed or (streak and streak[0].boot_id != result.boot_id):
             streak.clear()

@@ -116,6 +116,9 @@ class SimHost:
 
     async def _command(self, process: asyncssh.SSHServerProcess[str]) -> None:
         argv = shlex.split(process.command or "")
+        if not await self.before_command(argv):
+            process.channel.get_connection().abort()  # the command is lost with the connection
+            return
         if argv[:2] == ["sudo", "-n"]:
             argv = argv[2:]
         if argv == ["cat", "/proc/sys/kernel/random/boot_id"]:
@@ -125,7 +128,7 @@ class SimHost:
             process.stdout.write(self.state + "\n")
             process.exit(0 if self.state == "running" else 1)
         elif argv == REBOOT_ARGV:
-            await self.on_reboot_command()
+            self.record("reboot_requested")
             status = self.behaviour.reboot_exit_status
             if status != 0:
                 process.stderr.write("Call to Reboot failed: Operation inhibited\n")
@@ -137,9 +140,10 @@ class SimHost:
             process.stderr.write(f"{argv[0] if argv else 'sh'}: command not found\n")
             process.exit(127)
 
-    async def on_reboot_command(self) -> None:
-        """Called when the reboot command arrives, before it takes effect (tests override)."""
-        self.record("reboot_requested")
+    async def before_command(self, argv: list[str]) -> bool:
+        """Called as each command arrives; False drops it unexecuted. Tests override this to
+        stop the orchestrator at an exact point of its conversation with a host."""
+        return True
 
     # -- the simulated reboot -----------------------------------------------------------------
 

@@ -1,0 +1,171 @@
+"""Config loading: the seed's file loads unchanged, and every bad file gets one clear line
+naming the file and the key, with exit code 2 and no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config import load_config, parse_config
+from orchestrator.errors import ConfigError
+from tests.conftest import REPO, orchestrator
+
+SEED_LAB_YAML = """\
+machines:
+  sleeper-service:
+    host: sleeper-service.local
+    user: root
+  grey-area:
+    host: grey-area.local
+    user: root
+  reverse-proxy:
+    host: reverse-proxy.local
+    user: root
+"""
+
+GOOD = {
+    "machines": {
+        "grey-area": {"host": "grey-area.local", "checks": [{"url": "http://grey-area.local/"}]},
+        "self": {"local": True},
+    }
+}
+
+
+def test_seed_lab_yaml_loads_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(SEED_LAB_YAML)
+    config = load_config(path)
+    assert config.machine_order == ("sleeper-service", "grey-area", "reverse-proxy")
+    assert config.ssh_target("grey-area") == ("grey-area.local", 22, "root")
+    assert config.flake_dir == tmp_path  # the seed keeps lab.yaml in the flake itself
+    assert config.settings.reboot.timeout == 900
+
+
+def test_example_config_documents_a_valid_file() -> None:
+    config = load_config(REPO / "config" / "lab.example.yaml")
+    assert config.machine_order[-1] == "self"
+    assert config.settings.machines["self"].local
+
+
+def test_durations_accept_units_and_plain_seconds() -> None:
+    config = parse_config(
+        Path("lab.yaml"),
+        yaml.safe_dump(
+            {**GOOD, "reboot": {"timeout": "1h30m", "settle": "10m", "poll_interval": 0.5}}
+        ),
+    )
+    assert (config.settings.reboot.timeout, config.settings.reboot.settle) == (5400, 600)
+    assert config.settings.reboot.poll_interval == 0.5
+
+
+def test_order_key_overrides_mapping_order() -> None:
+    config = parse_config(
+        Path("lab.yaml"),
+        yaml.safe_dump({**GOOD, "order": ["grey-area", "self"]}, sort_keys=True),
+    )
+    assert config.machine_order == ("grey-area", "self")
+
+
+def _with(path: str, value: object) -> dict:
+    """GOOD with one key (dotted path, [i] for list items) replaced."""
+    config = yaml.safe_load(yaml.safe_dump(GOOD))
+    node = config
+    parts = path.replace("[", ".").replace("]", "").split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[parts[-1]] = value
+    return config
+
+
+BAD_INPUTS = [
+    ("not yaml", "machines: [unclosed", "line 1"),
+    ("empty file", "", "(top level): must be a mapping"),
+    ("top level list", "- a\n- b\n", "(top level): must be a mapping"),
+    ("no machines", yaml.safe_dump({"state_dir": "/tmp/x"}), "machines: required key is missing"),
+    ("empty machines", yaml.safe_dump({"machines": {}}), "machines: at least one machine"),
+    ("typo in a check key", _with("machines.grey-area.checks[0].statuss", 200),
+     "machines.grey-area.checks[0].statuss: unknown key"),
+    ("unknown top-level key", _with("reboot_order", ["a"]), "reboot_order: unknown key"),
+    ("bad check url", _with("machines.grey-area.checks[0].url", "grey-area:8080/health"),
+     "machines.grey-area.checks[0].url: not a valid http(s) URL"),
+    ("ftp check url", _with("machines.grey-area.checks[0].url", "ftp://grey-area/"),
+     "machines.grey-area.checks[0].url: not a valid http(s) URL"),
+    ("bad duration", _with("reboot.timeout", "ten minutes"), "reboot.timeout: not a duration"),
+    ("zero timeout", _with("reboot.timeout", "0s"), "reboot.timeout: must be longer than 0s"),
+    ("negative settle", _with("reboot.settle", -5), "reboot.settle: must not be negative"),
+    ("stable_passes 0", _with("reboot.stable_passes", 0), "reboot.stable_passes: input should be greater"),
+    ("port out of range", _with("ssh.port", 70000), "ssh.port: input should be less"),
+    ("port not a number", _with("machines.grey-area.port", "ssh"), "machines.grey-area.port: must be a whole number"),
+    ("command as a shell string", _with("update.command", "lab update && reboot"), "update.command: must be a list"),
+    ("empty command", _with("deploy.command", []), "deploy.command: must be a non-empty list"),
+    ("machine name with a shell metacharacter", {"machines": {"grey;area": {"host": "x"}}},
+     "machines.grey;area: not a valid machine name"),
+    ("uppercase machine name", {"machines": {"Grey-Area": {"host": "x"}}}, "machines.Grey-Area: not a valid"),
+    ("remote machine without host", {"machines": {"grey-area": {"user": "root"}}},
+     "machines.grey-area.host: required key is missing"),
+    ("host that looks like an option", {"machines": {"grey-area": {"host": "-oProxyCommand=x"}}},
+     "machines.grey-area.host: not a valid host name"),
+    ("two local machines", {"machines": {"a": {"local": True}, "b": {"local": True}}},
+     "machines.b.local: only one machine can be local"),
+    ("local machine not last", {"machines": {"self": {"local": True}, "b": {"host": "b"}}},
+     "machines.self.local: the local machine reboots the orchestrator itself and must be listed last"),
+    ("allow_degraded not a bool", _with("reboot.allow_degraded", "sometimes"), "reboot.allow_degraded: must be true or false"),
+    ("checks not a list", _with("machines.grey-area.checks", "http://x/"), "machines.grey-area.checks: must be a list"),
+    ("order names an unknown machine", _with("order", ["grey-area", "nope"]), "order: 'nope' is not a machine"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "expected"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_config_gives_one_line_naming_file_and_key_and_exits_2(
+    tmp_path: Path, case: str, content: object, expected: str
+) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(
+        content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+    )
+    result = orchestrator(path, "validate-config")
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}: "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_config_stops_run_before_anything_happens(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(yaml.safe_dump(_with("machines.grey-area.checks[0].url", "nope")))
+    result = orchestrator(path, "run")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {path}: machines.grey-area.checks[0].url: not a valid http(s) URL"
+    )
+    assert not (tmp_path / "state").exists()
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = orchestrator(tmp_path / "absent.yaml", "run")
+    assert result.returncode == 2
+    assert "absent.yaml: no such file" in result.stderr
+
+
+def test_config_path_comes_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "lab.yaml"
+    path.write_text(SEED_LAB_YAML)
+    import os
+
+    result = orchestrator(
+        None, "validate-config", env={**os.environ, "ORCHESTRATOR_CONFIG": str(path)}
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sleeper-service -> grey-area -> reverse-proxy" in result.stdout
+
+
+def test_parse_config_raises_config_error_not_validation_error() -> None:
+    with pytest.raises(ConfigError, match=r"ssh\.user: must be a string"):
+        parse_config(Path("x.yaml"), yaml.safe_dump(_with("ssh.user", ["root"])))
