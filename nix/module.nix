@@ -1,0 +1,618 @@
+# services.lab-orchestrator: the controller side (issue 4).
+#
+# Shape follows nixpkgs' system.autoUpgrade (tasks/auto-upgrade.nix) and the
+# borgmatic module: an RFC 42 `settings` attrset rendered into the
+# orchestrator's config file, a oneshot unit started by a timer, and the
+# config validated at build time through `system.checks`.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  inherit (lib)
+    attrNames
+    concatStringsSep
+    filterAttrs
+    hasPrefix
+    literalExpression
+    mapAttrsToList
+    mkDefault
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkOption
+    optional
+    optionalAttrs
+    partition
+    types
+    ;
+
+  cfg = config.services.lab-orchestrator;
+
+  # The orchestrator's config file is YAML; JSON is YAML, and pkgs.formats.json
+  # needs nothing but jq at build time (formats.yaml needs remarshal).
+  format = pkgs.formats.json { };
+
+  stateDir = "/var/lib/lab-orchestrator";
+  defaultUser = "lab-orchestrator";
+
+  # Running as the module's own system user is the hardened mode. Any other
+  # user (the seed's `user = "geir"`, or root) is taken to be a user whose
+  # update/deploy commands may need `sudo` — e.g. `lab deploy-all` switching
+  # the controller itself with `sudo nixos-rebuild switch` — and the sandbox
+  # is relaxed for exactly that below.
+  dedicatedUser = cfg.user == defaultUser;
+
+  homeDirs = [
+    "/home/"
+    "/root/"
+  ];
+  flakeInHome = builtins.any (p: hasPrefix p "${cfg.flake}/") homeDirs;
+
+  # "02:00" (the seed's form) -> "*-*-* 02:00:00"; anything else is passed to
+  # systemd as an OnCalendar expression.
+  onCalendar =
+    if builtins.match "[0-9]{1,2}:[0-9]{2}" cfg.schedule != null then
+      "*-*-* ${cfg.schedule}:00"
+    else
+      cfg.schedule;
+
+  localMachines = attrNames (filterAttrs (_: m: m.local) cfg.machines);
+
+  # Each unit gets the SSH key through its own LoadCredential=, which systemd
+  # places under /run/credentials/<unit name>/. The orchestrator takes the key
+  # path from its config file and does not expand specifiers or variables, so
+  # each unit gets its own config file that differs only in
+  # ssh.identity_file. (A shared file would need the credential at a path
+  # independent of the unit name, i.e. a bind mount or a copy out of the
+  # credentials directory; one more small file is simpler and obviously
+  # right.) The copy in /etc, for commands typed by hand, names the key file
+  # itself: it works for whoever can read it.
+  credentialPath = unit: "/run/credentials/${unit}.service/ssh-key";
+
+  dropNulls = filterAttrs (_: v: v != null);
+
+  renderMachine =
+    machine:
+    dropNulls (
+      removeAttrs machine [ "checks" ]
+      // {
+        checks = if machine.checks == [ ] then null else map dropNulls machine.checks;
+      }
+    );
+
+  # builtins.toJSON sorts attribute names, so `machines` cannot carry the
+  # reboot order the way a hand-written YAML mapping does; the explicit
+  # top-level `order` key does.
+  renderConfig =
+    identityFile:
+    let
+      ssh =
+        (cfg.settings.ssh or { })
+        // optionalAttrs (cfg.sshKeyFile != null) { identity_file = identityFile; };
+    in
+    cfg.settings
+    // optionalAttrs (ssh != { }) { inherit ssh; }
+    // {
+      machines = lib.mapAttrs (_: renderMachine) cfg.machines;
+      order = cfg.rebootOrder;
+    };
+
+  configFiles = {
+    run = format.generate "lab-orchestrator-run.yaml" (renderConfig (credentialPath "lab-orchestrator"));
+    resume = format.generate "lab-orchestrator-resume.yaml" (
+      renderConfig (credentialPath "lab-orchestrator-resume")
+    );
+    cli = format.generate "lab-orchestrator.yaml" (renderConfig cfg.sshKeyFile);
+  };
+
+  orchestrator = lib.getExe' cfg.package "orchestrator";
+
+  checkSubmodule = types.submodule {
+    # Keys this module does not know are passed through, so a check option the
+    # orchestrator adds later is reachable without a module change.
+    freeformType = format.type;
+    options = {
+      url = mkOption {
+        type = types.str;
+        example = "http://grey-area.local:8080/health";
+        description = "URL probed after the machine is back up.";
+      };
+      status = mkOption {
+        type = types.nullOr types.int;
+        default = null;
+        example = 200;
+        description = "Expected HTTP status; `null` keeps the orchestrator's default (200).";
+      };
+      body_contains = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "Text the response body must contain.";
+      };
+      timeout = mkOption {
+        type = types.nullOr (types.either types.str types.int);
+        default = null;
+        example = "2s";
+        description = "Per-request timeout (\"2s\", \"1m\" or seconds); `null` keeps the orchestrator's default.";
+      };
+      verify_tls = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Whether to verify the TLS certificate; `null` keeps the orchestrator's default (true).";
+      };
+    };
+  };
+
+  machineSubmodule = types.submodule (
+    { name, ... }:
+    {
+      freeformType = format.type;
+      options = {
+        host = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "${name}.local";
+          description = "Host name or address to reach `${name}` over SSH. Required unless `local` is set.";
+        };
+        user = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "lab-orchestrator";
+          description = "SSH user; `null` uses `settings.ssh.user` (the orchestrator's default is root).";
+        };
+        port = mkOption {
+          type = types.nullOr types.port;
+          default = null;
+          description = "SSH port; `null` uses `settings.ssh.port` (22).";
+        };
+        local = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Whether this entry is the controller itself: it is rebooted with
+            `systemctl reboot` locally instead of over SSH, after every other
+            machine. At most one machine may be local.
+          '';
+        };
+        checks = mkOption {
+          type = types.listOf checkSubmodule;
+          default = [ ];
+          description = "HTTP health checks that must pass before the next machine is rebooted.";
+        };
+      };
+    }
+  );
+in
+{
+  options.services.lab-orchestrator = {
+    enable = mkEnableOption "the nightly, health-gated lab update and rolling reboot (lab-orchestrator)";
+
+    package = mkOption {
+      type = types.package;
+      # Built with the system's own nixpkgs: one Python closure, and nothing
+      # of this repository's pinning leaks into the user's system.
+      default = pkgs.lab-orchestrator or (pkgs.callPackage ./package.nix { });
+      defaultText = literalExpression "pkgs.lab-orchestrator or (pkgs.callPackage ./package.nix { })";
+      description = "The lab-orchestrator package to use.";
+    };
+
+    schedule = mkOption {
+      type = types.str;
+      default = "*-*-* 02:00:00";
+      example = "02:00";
+      description = ''
+        When the nightly run starts: a systemd OnCalendar expression (see
+        {manpage}`systemd.time(7)`), or `"HH:MM"` for a daily start at that
+        time, as in the original module.
+      '';
+    };
+
+    randomizedDelay = mkOption {
+      type = types.str;
+      default = "0";
+      example = "15min";
+      description = "Random delay added to each start (RandomizedDelaySec=); `\"0\"` starts on time.";
+    };
+
+    persistent = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether a run missed while the controller was off starts at the next
+        boot (Persistent= of the timer).
+      '';
+    };
+
+    timeout = mkOption {
+      type = types.str;
+      default = "4h";
+      example = "2h";
+      description = ''
+        Upper bound for one run, after which systemd stops it
+        (TimeoutStartSec=; oneshot units have no start timeout by default).
+        Must exceed update + deploy + one reboot timeout per machine.
+      '';
+    };
+
+    user = mkOption {
+      type = types.str;
+      default = defaultUser;
+      example = "geir";
+      description = ''
+        User the orchestrator and its update/deploy commands run as. The
+        default is a dedicated system user created by this module, run with
+        a strict sandbox; it reboots the controller through a polkit rule
+        that allows it nothing else. Any other user (e.g. your login user,
+        whose `lab deploy-all` runs `sudo nixos-rebuild switch`) gets a
+        relaxed sandbox that lets `sudo` and the deploy work: no
+        NoNewPrivileges=, no ProtectSystem=/ProtectHome=, no capability or
+        namespace restrictions.
+      '';
+    };
+
+    group = mkOption {
+      type = types.str;
+      default =
+        let
+          group = config.users.users.${cfg.user}.group or "";
+        in
+        if dedicatedUser then
+          defaultUser
+        else if group != "" then
+          group
+        else
+          "users";
+      defaultText = literalExpression ''
+        if user == "lab-orchestrator" then "lab-orchestrator"
+        else the user's primary group (config.users.users.''${user}.group), else "users"
+      '';
+      description = "Group the orchestrator runs as.";
+    };
+
+    flake = mkOption {
+      type = types.str;
+      example = "/home/geir/Home-lab";
+      description = ''
+        Absolute path of the lab's flake checkout: the working directory of
+        the update and deploy commands (the original module's labPath). It
+        stays writable inside the sandbox (`flake.lock`).
+      '';
+    };
+
+    path = mkOption {
+      type = types.listOf (types.either types.package types.str);
+      default = [ ];
+      example = literalExpression ''[ "/home/geir/Home-lab/result" pkgs.nixos-rebuild ]'';
+      description = ''
+        Packages (or directories containing `bin/`) added to PATH of the
+        update and deploy commands, e.g. the `lab` tool. nix, git, ssh and
+        systemctl are always there.
+      '';
+    };
+
+    sshKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/ssh/ssh_host_ed25519_key";
+      description = ''
+        Absolute path of the private key used to reach the machines. It is
+        passed to the units with LoadCredential= (so it may be readable by
+        root only) and never copied to the Nix store. `null` leaves the SSH
+        client defaults (`~/.ssh/id_*` of {option}`user`).
+      '';
+    };
+
+    machines = mkOption {
+      type = types.attrsOf machineSubmodule;
+      default = { };
+      example = literalExpression ''
+        {
+          sleeper-service = { host = "sleeper-service.local"; };
+          grey-area = {
+            host = "grey-area.local";
+            checks = [ { url = "http://grey-area.local:3000/"; } ];
+          };
+          self = { local = true; };
+        }
+      '';
+      description = "Machines to reboot, one after another, each health-gated.";
+    };
+
+    rebootOrder = mkOption {
+      type = types.listOf types.str;
+      default =
+        let
+          split = partition (name: cfg.machines.${name}.local) (attrNames cfg.machines);
+        in
+        split.wrong ++ split.right;
+      defaultText = literalExpression "the names of `machines` in alphabetical order, the local machine last";
+      example = [
+        "sleeper-service"
+        "grey-area"
+        "reverse-proxy"
+        "self"
+      ];
+      description = ''
+        Order in which machines are rebooted. Nix sorts attribute names, so
+        set this when the order matters. Must name every machine exactly
+        once, with the local machine (if any) last.
+      '';
+    };
+
+    settings = mkOption {
+      type = types.submodule {
+        freeformType = format.type;
+        options.state_dir = mkOption {
+          type = types.str;
+          default = stateDir;
+          readOnly = true;
+          description = "Where the run state lives; managed by systemd (StateDirectory=).";
+        };
+      };
+      default = { };
+      example = literalExpression ''
+        {
+          update.command = [ "lab" "update" ];
+          deploy = { command = [ "lab" "deploy-all" ]; timeout = "45m"; };
+          ssh.user = "lab-orchestrator";
+          reboot = { timeout = "20m"; settle = "10m"; };
+        }
+      '';
+      description = ''
+        The orchestrator's configuration file, as Nix (every key of
+        `config/lab.example.yaml` in the orchestrator's repository is
+        accepted). `flake`,
+        `machines` and the SSH key come from the options of the same
+        purpose; by default `ssh.known_hosts` is
+        `/etc/ssh/ssh_known_hosts`, generated from
+        {option}`programs.ssh.knownHosts`, when running as the dedicated
+        user.
+      '';
+    };
+
+    configFiles = mkOption {
+      type = types.attrsOf types.package;
+      internal = true;
+      readOnly = true;
+      description = "The generated config files: one per unit (`run`, `resume`) and `cli`, installed in /etc.";
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      services.lab-orchestrator = {
+        inherit configFiles;
+        settings = {
+          inherit (cfg) flake;
+          ssh = mkIf dedicatedUser { known_hosts = mkDefault [ "/etc/ssh/ssh_known_hosts" ]; };
+        };
+      };
+
+      assertions = [
+        {
+          assertion = builtins.length localMachines <= 1;
+          message = "services.lab-orchestrator.machines: at most one machine may set `local = true`; found ${concatStringsSep ", " localMachines}.";
+        }
+        {
+          # attrNames is sorted, so this also rejects duplicates.
+          assertion = builtins.sort builtins.lessThan cfg.rebootOrder == attrNames cfg.machines;
+          message = "services.lab-orchestrator.rebootOrder must name every machine in services.lab-orchestrator.machines exactly once; it is [ ${toString cfg.rebootOrder} ], the machines are [ ${toString (attrNames cfg.machines)} ].";
+        }
+        {
+          assertion =
+            localMachines == [ ]
+            || (cfg.rebootOrder != [ ] && lib.last cfg.rebootOrder == builtins.head localMachines);
+          message = "services.lab-orchestrator.rebootOrder: the local machine (${toString localMachines}) must come last, since rebooting it ends the run.";
+        }
+        {
+          assertion = hasPrefix "/" cfg.flake && !hasPrefix builtins.storeDir cfg.flake;
+          message = "services.lab-orchestrator.flake must be an absolute path to a writable checkout (not a store path), got \"${cfg.flake}\".";
+        }
+        {
+          assertion =
+            cfg.sshKeyFile == null
+            || (hasPrefix "/" cfg.sshKeyFile && !hasPrefix builtins.storeDir cfg.sshKeyFile);
+          message = "services.lab-orchestrator.sshKeyFile must be an absolute path outside the Nix store, got \"${toString cfg.sshKeyFile}\".";
+        }
+        {
+          assertion = !(cfg.settings ? machines || cfg.settings ? order);
+          message = "services.lab-orchestrator.settings: set machines and their order with services.lab-orchestrator.machines and services.lab-orchestrator.rebootOrder, not settings.machines/settings.order.";
+        }
+      ]
+      ++ [
+        {
+          assertion = localMachines == [ ] || config.security.polkit.enable;
+          message = "services.lab-orchestrator.machines.${toString localMachines}.local: rebooting this machine as ${cfg.user} goes through polkit; set security.polkit.enable = true.";
+        }
+      ]
+      ++ mapAttrsToList (name: m: {
+        assertion = m.local || m.host != null;
+        message = "services.lab-orchestrator.machines.${name}.host must be set (or local = true).";
+      }) cfg.machines;
+
+      warnings = optional (dedicatedUser && config.programs.ssh.knownHosts == { }) ''
+        services.lab-orchestrator runs as a dedicated user, which has no ~/.ssh/known_hosts:
+        declare the machines' host keys in programs.ssh.knownHosts (or set
+        services.lab-orchestrator.settings.ssh.known_hosts), or every SSH connection will be refused.
+      '';
+
+      environment.systemPackages = [ cfg.package ];
+      # The CLI's default --config, so `orchestrator status` works by hand.
+      environment.etc."lab-orchestrator/config.yaml".source = configFiles.cli;
+
+      users.users = mkIf dedicatedUser {
+        ${defaultUser} = {
+          isSystemUser = true;
+          inherit (cfg) group;
+          home = stateDir;
+          description = "lab-orchestrator service user";
+        };
+      };
+      users.groups = mkIf (cfg.group == defaultUser) { ${defaultUser} = { }; };
+
+      # Rebooting the controller (the `local` machine) is `systemctl reboot`
+      # as the service user, which logind authorizes through polkit. Unlike
+      # sudo this needs no privilege gain in the process, so it works under
+      # NoNewPrivileges=. Only reboot actions are allowed; not
+      # reboot-ignore-inhibit, so a held shutdown inhibitor makes the reboot
+      # fail (and the run report it) rather than be overridden.
+      security.polkit.extraConfig = mkIf (localMachines != [ ]) ''
+        // lab-orchestrator: let the service user reboot this machine, nothing else.
+        polkit.addRule(function (action, subject) {
+          if (subject.user == ${builtins.toJSON cfg.user} &&
+              (action.id == "org.freedesktop.login1.reboot" ||
+               action.id == "org.freedesktop.login1.reboot-multiple-sessions")) {
+            return polkit.Result.YES;
+          }
+        });
+      '';
+
+      # A bad setting fails nixos-rebuild, not the 02:00 run.
+      system.checks = [
+        (pkgs.runCommand "lab-orchestrator-validate-config" { } ''
+          ${orchestrator} --config ${configFiles.run} validate-config
+          ${orchestrator} --config ${configFiles.resume} validate-config
+          ${orchestrator} --config ${configFiles.cli} validate-config
+          touch $out
+        '')
+      ];
+    }
+
+    (
+      let
+        unitPath = [
+          config.nix.package
+          pkgs.git
+          config.programs.ssh.package
+        ]
+        # sudo is a setuid wrapper in /run/wrappers/bin.
+        ++ optional (!dedicatedUser) "/run/wrappers"
+        ++ cfg.path;
+
+        serviceConfig = {
+          User = cfg.user;
+          Group = cfg.group;
+          StateDirectory = "lab-orchestrator";
+          StateDirectoryMode = "0750";
+          SyslogIdentifier = "lab-orchestrator";
+          PrivateTmp = true;
+        }
+        // optionalAttrs (cfg.sshKeyFile != null) {
+          LoadCredential = [ "ssh-key:${cfg.sshKeyFile}" ];
+        }
+        // (
+          if dedicatedUser then
+            {
+              NoNewPrivileges = true;
+              ProtectSystem = "strict";
+              # flake.lock is written by the update command. "-": a missing
+              # checkout is reported by the orchestrator, not as an opaque
+              # namespace setup failure.
+              ReadWritePaths = [ "-${cfg.flake}" ];
+              # A checkout under /home or /root stays reachable, read-only
+              # apart from the flake itself.
+              ProtectHome = if flakeInHome then "read-only" else true;
+              PrivateDevices = true;
+              ProtectKernelTunables = true;
+              ProtectKernelModules = true;
+              ProtectKernelLogs = true;
+              ProtectControlGroups = true;
+              ProtectClock = true;
+              ProtectHostname = true;
+              # /proc/sys/kernel/random/boot_id is read to detect the local
+              # reboot, so ProcSubset=pid is not set.
+              ProtectProc = "invisible";
+              RestrictNamespaces = true;
+              RestrictRealtime = true;
+              RestrictSUIDSGID = true;
+              LockPersonality = true;
+              SystemCallArchitectures = "native";
+              # AF_NETLINK: getaddrinfo(AI_ADDRCONFIG) in ssh and nix.
+              RestrictAddressFamilies = [
+                "AF_UNIX"
+                "AF_INET"
+                "AF_INET6"
+                "AF_NETLINK"
+              ];
+              CapabilityBoundingSet = "";
+              AmbientCapabilities = "";
+              # Not set: SystemCallFilter= and MemoryDenyWriteExecute=. The
+              # update/deploy commands are the user's own tooling (nix, git,
+              # the lab tool, possibly a JIT); a filter hit there shows up as
+              # an obscure EPERM at 02:00.
+            }
+          else
+            {
+              # Relaxed on purpose for a user whose deploy uses sudo (see the
+              # `user` option): sudo needs privilege gain (so no
+              # NoNewPrivileges=), and the root `nixos-rebuild switch` it
+              # starts inherits this unit's mount namespace and bounding set,
+              # so /nix/var, /boot, /etc and /root must stay writable (no
+              # ProtectSystem=/ProtectHome=) and capabilities unrestricted.
+              NoNewPrivileges = false;
+            }
+        );
+      in
+      {
+        systemd.services.lab-orchestrator = {
+          description = "Lab-wide update and health-gated rolling reboot";
+          after = [ "network-online.target" ];
+          wants = [ "network-online.target" ];
+          path = unitPath;
+          # A deploy that switches the controller itself must not restart or
+          # stop the run that is doing the deploy.
+          restartIfChanged = false;
+          unitConfig.X-StopOnRemoval = false;
+          serviceConfig = serviceConfig // {
+            Type = "oneshot";
+            ExecStart = "${orchestrator} --config ${configFiles.run} run";
+            # Oneshot units have no start timeout by default.
+            TimeoutStartSec = cfg.timeout;
+          };
+        };
+
+        systemd.timers.lab-orchestrator = {
+          description = "Nightly lab update and rolling reboot";
+          wantedBy = [ "timers.target" ];
+          timerConfig = {
+            OnCalendar = onCalendar;
+            Persistent = cfg.persistent;
+            RandomizedDelaySec = cfg.randomizedDelay;
+          };
+        };
+
+        # Finishes a run after the controller rebooted itself (or after a
+        # crash/power cut mid-run); a no-op when nothing was interrupted.
+        systemd.services.lab-orchestrator-resume = {
+          description = "Resume an interrupted lab-orchestrator run after boot";
+          wantedBy = [ "multi-user.target" ];
+          after = [ "network-online.target" ];
+          wants = [ "network-online.target" ];
+          path = unitPath;
+          restartIfChanged = false;
+          unitConfig.X-StopOnRemoval = false;
+          serviceConfig = serviceConfig // {
+            # Not oneshot: verifying the controller waits for
+            # `systemctl is-system-running` to say "running", which it never
+            # does while a oneshot unit of the boot transaction is still
+            # activating. With Type=exec the start job ends at exec.
+            Type = "exec";
+            ExecStart = "${orchestrator} --config ${configFiles.resume} resume";
+            # Stay "active (exited)": switch-to-configuration starts the
+            # active targets, which would otherwise start this unit again in
+            # the middle of every deploy of the controller. (Hence also no
+            # RuntimeMaxSec=, which would time out that state; every wait
+            # inside the orchestrator has its own deadline.)
+            RemainAfterExit = true;
+            # 75: another orchestrator process holds the lock, i.e. the run
+            # unit is already continuing the run; nothing to do here.
+            SuccessExitStatus = [ 75 ];
+          };
+        };
+      }
+    )
+  ]);
+}

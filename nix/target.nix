@@ -1,0 +1,105 @@
+# services.lab-orchestrator-target: for each machine the controller reboots.
+#
+# A dedicated login user holding the controller's public key, allowed by sudo
+# to run exactly what the orchestrator runs as root on a target, so the
+# controller never needs root SSH. Over SSH the orchestrator runs:
+#   cat /proc/sys/kernel/random/boot_id   (needs nothing)
+#   systemctl is-system-running           (needs nothing; allowed anyway, see below)
+#   sudo -n systemctl reboot              (the SSH user is not root)
+{
+  config,
+  lib,
+  ...
+}:
+
+let
+  inherit (lib)
+    concatMap
+    mkEnableOption
+    mkIf
+    mkOption
+    types
+    ;
+
+  cfg = config.services.lab-orchestrator-target;
+
+  # sudo matches the command found through PATH against each rule, by path or
+  # by being the same file. Listing the store path of this system's systemctl
+  # and the /run/current-system path a login shell finds keeps the rule
+  # working whichever the SSH session's PATH yields.
+  systemctlPaths = [
+    "${config.systemd.package}/bin/systemctl"
+    "/run/current-system/sw/bin/systemctl"
+  ];
+
+  allowedCommands = concatMap (systemctl: [
+    "${systemctl} reboot"
+    # Not run through sudo today; allowed so a config whose state command is
+    # prefixed with sudo keeps working, and it changes nothing.
+    "${systemctl} is-system-running"
+  ]) systemctlPaths;
+in
+{
+  options.services.lab-orchestrator-target = {
+    enable = mkEnableOption "access for the lab-orchestrator controller to reboot this machine";
+
+    user = mkOption {
+      type = types.str;
+      default = "lab-orchestrator";
+      description = ''
+        Login user the controller connects as. Set the controller's
+        `services.lab-orchestrator.settings.ssh.user` (or the machine's
+        `user`) to the same name.
+      '';
+    };
+
+    authorizedKeys = mkOption {
+      type = types.listOf types.singleLineStr;
+      default = [ ];
+      example = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... lab-orchestrator@controller" ];
+      description = "Public key(s) of the controller's {option}`services.lab-orchestrator.sshKeyFile`.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.authorizedKeys != [ ];
+        message = "services.lab-orchestrator-target.authorizedKeys must contain the controller's public key.";
+      }
+      {
+        assertion = config.services.openssh.enable;
+        message = "services.lab-orchestrator-target needs services.openssh.enable = true: the controller reaches this machine over SSH.";
+      }
+      {
+        assertion = config.security.sudo.enable;
+        message = "services.lab-orchestrator-target needs security.sudo.enable = true: the controller reboots this machine with `sudo -n systemctl reboot`.";
+      }
+      {
+        assertion = cfg.user != "root";
+        message = "services.lab-orchestrator-target.user must not be root; the point of this module is that the controller never logs in as root.";
+      }
+    ];
+
+    users.users.${cfg.user} = {
+      # A system user (no home, no password) that can still log in over SSH
+      # with a key: commands run through its shell.
+      isSystemUser = true;
+      group = cfg.user;
+      useDefaultShell = true;
+      description = "lab-orchestrator controller access";
+      openssh.authorizedKeys.keys = cfg.authorizedKeys;
+    };
+    users.groups.${cfg.user} = { };
+
+    security.sudo.extraRules = [
+      {
+        users = [ cfg.user ];
+        commands = map (command: {
+          inherit command;
+          options = [ "NOPASSWD" ];
+        }) allowedCommands;
+      }
+    ];
+  };
+}

@@ -1,0 +1,567 @@
+"""The Nix side: every .nix file parses, and the NixOS modules evaluate to what issue 4 asks for.
+
+Two tiers:
+
+* Parsing needs only ``nix-instantiate`` (Debian/Ubuntu: ``apt-get install nix-bin``). Missing, the
+  tests are skipped locally and fail when ``CI`` is set.
+* Evaluation also needs nixpkgs' ``lib``: ``NIXPKGS_LIB=/path/to/nixpkgs/lib``, e.g. the ``lib``
+  directory of a checkout of github:nix-community/nixpkgs.lib (never commit it). Without it those
+  tests are skipped with that reason. ``tests/nix_eval/eval.nix`` runs ``lib.evalModules`` on the
+  flake's ``nixosModules`` with minimal declarations of the NixOS options they touch and a
+  stand-in ``pkgs``; the generated config files are then loaded by the real
+  ``orchestrator validate-config``, and the build-time check's script is run as written.
+
+``--store dummy://`` makes nix-instantiate work without a Nix store, daemon or ``/nix``, as any
+user: nothing here builds or writes store paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.nix
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_NIX = REPO / "tests" / "nix_eval" / "eval.nix"
+NIX_INSTANTIATE = shutil.which("nix-instantiate")
+NIX_FLAGS = ["--store", "dummy://"]
+
+# Directories whose .nix files are not ours (virtualenvs, caches, `nix build` results).
+SKIP_DIRS = {".git", ".venv", "node_modules", "result", "build"}
+
+
+def _nix_files() -> list[Path]:
+    files = []
+    for path in sorted(REPO.rglob("*.nix")):
+        parts = path.relative_to(REPO).parts[:-1]
+        if any(part in SKIP_DIRS or part.startswith(".") for part in parts):
+            continue
+        files.append(path)
+    return files
+
+
+def _require_nix_instantiate() -> str:
+    if NIX_INSTANTIATE is None:
+        reason = "nix-instantiate not found (apt-get install nix-bin)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it")
+        pytest.skip(reason)
+    return NIX_INSTANTIATE
+
+
+def _require_nixpkgs_lib() -> Path:
+    value = os.environ.get("NIXPKGS_LIB")
+    if not value:
+        pytest.skip(
+            "NIXPKGS_LIB is not set: point it at nixpkgs' lib directory (e.g. lib/ of a "
+            "checkout of github:nix-community/nixpkgs.lib) to evaluate the modules"
+        )
+    _require_nix_instantiate()
+    lib = Path(value)
+    if not (lib / "default.nix").is_file() or not (lib / "modules.nix").is_file():
+        pytest.fail(
+            f"NIXPKGS_LIB={value} is not nixpkgs' lib directory (no default.nix/modules.nix)"
+        )
+    return lib
+
+
+def _orchestrator() -> Path:
+    beside_python = Path(sys.executable).parent / "orchestrator"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("orchestrator")
+    if found is None:
+        pytest.fail("the orchestrator console script is not installed")
+    return Path(found)
+
+
+@functools.cache
+def _evaluate(lib: Path, controller: str, target: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [
+            _require_nix_instantiate(),
+            *NIX_FLAGS,
+            "--eval",
+            "--strict",
+            "--json",
+            str(EVAL_NIX),
+            "--argstr",
+            "nixpkgsLib",
+            str(lib),
+            "--argstr",
+            "repo",
+            str(REPO),
+            "--argstr",
+            "packageOut",
+            str(_orchestrator().parent.parent),
+            "--argstr",
+            "controller",
+            controller,
+            "--argstr",
+            "target",
+            target,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def evaluate(
+    controller: dict[str, Any] | None = None, target: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Evaluate with ``services = controller`` (and ``services = target`` for the target module).
+
+    Top-level ``users`` and ``_security`` keys become ``users`` and ``security`` instead, to
+    declare e.g. the seed's login user or turn polkit off.
+    """
+    lib = _require_nixpkgs_lib()
+    return _evaluate(lib, json.dumps(controller), json.dumps(target))
+
+
+def controller(**options: Any) -> dict[str, Any]:
+    users = options.pop("users", None)
+    config: dict[str, Any] = {"lab-orchestrator": {"enable": True, **options}}
+    if users is not None:
+        config["users"] = {"users": users}
+    return evaluate(controller=config)["controller"]
+
+
+def validate(
+    tmp_path: Path, text: str, name: str = "config.yaml"
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return subprocess.run(
+        [str(_orchestrator()), "--config", str(path), "validate-config"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+# The seed's `services.lab-orchestrator = { enable = true; schedule = "02:00"; user = "geir"; }`,
+# with its hard-coded labPath, lab tool and reboot sequence made explicit.
+SEED = {
+    "schedule": "02:00",
+    "user": "geir",
+    "users": {"geir": {"isNormalUser": True, "group": "users"}},
+    "flake": "/home/geir/Home-lab",
+    "path": ["/home/geir/Home-lab/result"],
+    "machines": {
+        "sleeper-service": {"host": "sleeper-service.local"},
+        "grey-area": {
+            "host": "grey-area.local",
+            "checks": [{"url": "http://grey-area.local:3000/", "status": 200}],
+        },
+        "reverse-proxy": {"host": "reverse-proxy.local"},
+        "self": {"local": True},
+    },
+    "rebootOrder": ["sleeper-service", "grey-area", "reverse-proxy", "self"],
+    "settings": {"reboot": {"settle": "10m"}},
+}
+
+DEDICATED = {
+    "schedule": "Mon..Fri *-*-* 03:30:00",
+    "randomizedDelay": "15min",
+    "flake": "/var/lib/lab-orchestrator/lab",
+    "sshKeyFile": "/etc/ssh/ssh_host_ed25519_key",
+    "machines": {
+        "self": {"local": True},
+        "zeta": {"host": "zeta.local", "user": "lab-orchestrator"},
+        "alpha": {"host": "alpha.local", "port": 2222},
+    },
+}
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def test_the_nix_files_of_the_issue_exist() -> None:
+    names = {path.relative_to(REPO).as_posix() for path in _nix_files()}
+    assert {"flake.nix", "nix/module.nix", "nix/target.nix", "nix/package.nix"} <= names
+
+
+@pytest.mark.parametrize("path", _nix_files(), ids=lambda path: path.relative_to(REPO).as_posix())
+def test_every_nix_file_parses(path: Path) -> None:
+    result = subprocess.run(
+        [_require_nix_instantiate(), *NIX_FLAGS, "--parse", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- flake and package -----------------------------------------------------------------------
+
+
+def test_flake_has_one_overridable_input_and_the_outputs_for_both_systems() -> None:
+    flake = evaluate()["flake"]
+    assert flake["inputs"] == {"nixpkgs": {"url": "github:NixOS/nixpkgs/nixos-unstable"}}
+    for system in ("x86_64-linux", "aarch64-linux"):
+        assert "default" in flake["packages"][system]
+        assert {"package", "module"} <= set(flake["checks"][system])
+        assert flake["devShells"][system] == ["default"]
+    assert {"default", "target"} <= set(flake["nixosModules"])
+    assert flake["overlay"] == ["lab-orchestrator"]
+
+
+def test_package_builds_the_orchestrator_with_the_dependencies_of_pyproject() -> None:
+    package = evaluate()["package"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    wanted = sorted(
+        re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+        for requirement in project["dependencies"]
+    )
+    assert sorted(package["dependencies"]) == wanted
+    assert package["version"] == project["version"]
+    assert package["pyproject"] is True
+    assert package["build-system"] == ["setuptools"]
+    assert package["mainProgram"] == "orchestrator"
+
+
+# --- the controller module: units --------------------------------------------------------------
+
+
+def test_run_unit_is_a_oneshot_that_a_deploy_of_the_controller_does_not_stop() -> None:
+    result = controller(**SEED)
+    assert result["failedAssertions"] == []
+    run = result["services"]["run"]
+    config_path = result["configFiles"]["run"]["path"]
+    assert run["serviceConfig"]["ExecStart"] == (f"{_orchestrator()} --config {config_path} run")
+    assert run["serviceConfig"]["Type"] == "oneshot"
+    assert run["serviceConfig"]["TimeoutStartSec"] == "4h"
+    assert run["restartIfChanged"] is False
+    assert run["unitConfig"]["X-StopOnRemoval"] is False
+    assert "network-online.target" in run["after"]
+    assert "network-online.target" in run["wants"]
+    assert run["serviceConfig"]["StateDirectory"] == "lab-orchestrator"
+    assert run["wantedBy"] == []  # started by the timer only
+
+
+def test_timer_accepts_the_seeds_hh_mm_form() -> None:
+    timer = controller(**SEED)["timer"]
+    assert timer["timerConfig"] == {
+        "OnCalendar": "*-*-* 02:00:00",
+        "Persistent": True,
+        "RandomizedDelaySec": "0",
+    }
+    assert timer["wantedBy"] == ["timers.target"]
+
+
+def test_timer_passes_a_full_oncalendar_expression_through() -> None:
+    timer = controller(**DEDICATED, persistent=False)["timer"]
+    assert timer["timerConfig"] == {
+        "OnCalendar": "Mon..Fri *-*-* 03:30:00",
+        "Persistent": False,
+        "RandomizedDelaySec": "15min",
+    }
+
+
+def test_default_schedule_is_two_in_the_morning() -> None:
+    timer = controller(flake="/srv/lab", machines={"a": {"host": "a"}})["timer"]
+    assert timer["timerConfig"]["OnCalendar"] == "*-*-* 02:00:00"
+
+
+def test_resume_unit_runs_at_boot_without_holding_up_the_boot_transaction() -> None:
+    result = controller(**SEED)
+    resume = result["services"]["resume"]
+    config_path = result["configFiles"]["resume"]["path"]
+    assert resume["serviceConfig"]["ExecStart"] == (
+        f"{_orchestrator()} --config {config_path} resume"
+    )
+    # Not oneshot: the local verify gate waits for `systemctl is-system-running` == running.
+    assert resume["serviceConfig"]["Type"] == "exec"
+    assert resume["wantedBy"] == ["multi-user.target"]
+    assert "network-online.target" in resume["after"]
+    assert "network-online.target" in resume["wants"]
+    assert resume["restartIfChanged"] is False
+    assert resume["unitConfig"]["X-StopOnRemoval"] is False
+    # Stays active after it ran, so switching the controller does not start it again mid-run.
+    assert resume["serviceConfig"]["RemainAfterExit"] is True
+    run = result["services"]["run"]
+    for key in ("User", "Group", "StateDirectory", "NoNewPrivileges"):
+        assert resume["serviceConfig"][key] == run["serviceConfig"][key]
+
+
+def test_dedicated_user_gets_the_strict_sandbox_and_the_key_as_a_credential() -> None:
+    result = controller(**DEDICATED)
+    assert result["failedAssertions"] == []
+    for unit in ("run", "resume"):
+        service = result["services"][unit]["serviceConfig"]
+        assert service["User"] == "lab-orchestrator"
+        assert service["Group"] == "lab-orchestrator"
+        assert service["NoNewPrivileges"] is True
+        assert service["ProtectSystem"] == "strict"
+        assert service["ProtectHome"] is True
+        assert service["ReadWritePaths"] == ["-/var/lib/lab-orchestrator/lab"]
+        assert service["PrivateTmp"] is True
+        assert service["CapabilityBoundingSet"] == ""
+        assert service["LoadCredential"] == ["ssh-key:/etc/ssh/ssh_host_ed25519_key"]
+        assert "/run/wrappers" not in result["services"][unit]["path"]
+    user = result["users"]["lab-orchestrator"]
+    assert user["isSystemUser"] is True
+    assert user["home"] == "/var/lib/lab-orchestrator"
+    assert result["groups"] == ["lab-orchestrator"]
+
+
+def test_each_unit_reads_the_key_from_its_own_credentials_directory() -> None:
+    files = controller(**DEDICATED)["configFiles"]
+    for unit, name in (("run", "lab-orchestrator"), ("resume", "lab-orchestrator-resume")):
+        config = json.loads(files[unit]["text"])
+        assert config["ssh"]["identity_file"] == f"/run/credentials/{name}.service/ssh-key"
+        assert config["ssh"]["known_hosts"] == ["/etc/ssh/ssh_known_hosts"]
+        assert "/etc/ssh/ssh_host_ed25519_key" not in files[unit]["text"]
+    # Commands typed by hand have no credentials directory: they name the key file.
+    cli = json.loads(files["cli"]["text"])
+    assert cli["ssh"]["identity_file"] == "/etc/ssh/ssh_host_ed25519_key"
+    assert {**cli, "ssh": None} == {**json.loads(files["run"]["text"]), "ssh": None}
+
+
+def test_flake_under_home_stays_reachable_read_only_except_itself() -> None:
+    result = controller(**{**DEDICATED, "flake": "/home/geir/Home-lab"})
+    service = result["services"]["run"]["serviceConfig"]
+    assert service["ProtectHome"] == "read-only"
+    assert service["ReadWritePaths"] == ["-/home/geir/Home-lab"]
+
+
+def test_login_user_relaxes_exactly_what_sudo_and_the_deploy_need() -> None:
+    result = controller(**SEED)
+    run = result["services"]["run"]
+    service = run["serviceConfig"]
+    assert service["User"] == "geir"
+    assert service["Group"] == "users"
+    assert service["NoNewPrivileges"] is False
+    assert "/run/wrappers" in run["path"]
+    assert "/home/geir/Home-lab/result" in run["path"]
+    for relaxed in ("ProtectSystem", "ProtectHome", "CapabilityBoundingSet", "RestrictNamespaces"):
+        assert relaxed not in service
+    assert service["PrivateTmp"] is True
+    assert "lab-orchestrator" not in result["users"]
+    assert result["groups"] == []
+
+
+def test_polkit_allows_the_service_user_to_reboot_and_nothing_else() -> None:
+    rules = controller(**DEDICATED)["polkit"]
+    assert 'subject.user == "lab-orchestrator"' in rules
+    assert set(re.findall(r'"(org\.freedesktop\.[^"]+)"', rules)) == {
+        "org.freedesktop.login1.reboot",
+        "org.freedesktop.login1.reboot-multiple-sessions",
+    }
+    assert 'subject.user == "geir"' in controller(**SEED)["polkit"]
+
+
+def test_no_polkit_rule_without_a_local_machine() -> None:
+    machines = {name: m for name, m in DEDICATED["machines"].items() if name != "self"}
+    assert controller(**{**DEDICATED, "machines": machines})["polkit"] == ""
+
+
+def test_a_local_machine_with_polkit_disabled_fails_an_assertion() -> None:
+    config = {
+        "lab-orchestrator": {"enable": True, **DEDICATED},
+        "_security": {"polkit": {"enable": False}},
+    }
+    failed = evaluate(controller=config)["controller"]["failedAssertions"]
+    assert any("security.polkit.enable" in message for message in failed), failed
+
+
+def test_config_is_validated_at_build_time_and_installed_for_the_cli() -> None:
+    result = controller(**SEED)
+    (check,) = result["checks"]
+    assert check["name"] == "lab-orchestrator-validate-config"
+    assert set(result["configFiles"]) == {"run", "resume", "cli"}
+    for file in result["configFiles"].values():
+        assert f"{_orchestrator()} --config {file['path']} validate-config" in check["buildCommand"]
+    assert result["etc"]["lab-orchestrator/config.yaml"] == result["configFiles"]["cli"]["path"]
+    assert result["systemPackages"] == [str(_orchestrator().parent.parent)]
+
+
+def test_disabled_module_defines_nothing() -> None:
+    result = evaluate(controller={"lab-orchestrator": {"flake": "/srv/lab"}})["controller"]
+    assert result["services"] == {"run": None, "resume": None}
+    assert result["timer"] is None
+    assert result["checks"] == []
+    assert result["polkit"] == ""
+
+
+def test_every_visible_option_is_described() -> None:
+    docs = controller(**SEED)["docs"] + evaluate()["target"]["docs"]
+    assert len(docs) > 20
+    for option in docs:
+        assert option["description"].strip(), option["name"]
+
+
+# --- the generated config file in the orchestrator's own config model -----------------------
+
+
+def test_generated_config_loads_in_the_orchestrator_in_reboot_order(tmp_path: Path) -> None:
+    files = controller(**SEED)["configFiles"]
+    for unit in ("run", "resume", "cli"):
+        # Compact as builtins.toJSON writes it, and indented as the real pkgs.formats.json does
+        # (through `jq .`).
+        compact = files[unit]["text"]
+        indented = json.dumps(json.loads(compact), indent=2, ensure_ascii=False)
+        for text in (compact, indented):
+            result = validate(tmp_path, text, f"{unit}.yaml")
+            assert result.returncode == 0, result.stderr
+            assert "sleeper-service -> grey-area -> reverse-proxy -> self" in result.stdout
+    config = json.loads(files["run"]["text"])
+    assert config["flake"] == "/home/geir/Home-lab"
+    assert config["state_dir"] == "/var/lib/lab-orchestrator"
+    assert config["reboot"] == {"settle": "10m"}
+    assert config["machines"]["grey-area"]["checks"] == [
+        {"url": "http://grey-area.local:3000/", "status": 200}
+    ]
+    # No key, no known_hosts: a login user keeps the SSH client defaults.
+    assert "ssh" not in config
+
+
+def test_default_order_is_alphabetical_with_the_local_machine_last(tmp_path: Path) -> None:
+    files = controller(**DEDICATED)["configFiles"]
+    assert json.loads(files["run"]["text"])["order"] == ["alpha", "zeta", "self"]
+    result = validate(tmp_path, files["run"]["text"])
+    assert result.returncode == 0, result.stderr
+    assert "alpha -> zeta -> self" in result.stdout
+
+
+def test_build_time_check_script_passes_on_a_good_config(tmp_path: Path) -> None:
+    assert _run_check(tmp_path, controller(**SEED)).returncode == 0
+    assert (tmp_path / "out").exists()
+
+
+def test_build_time_check_script_fails_on_a_bad_setting(tmp_path: Path) -> None:
+    bad = controller(**{**SEED, "settings": {"reboot": {"stable_passes": 0}}})
+    assert bad["failedAssertions"] == []  # only the orchestrator knows the key
+    result = _run_check(tmp_path, bad)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ")
+    assert "reboot.stable_passes" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_setting_fails_validation(tmp_path: Path) -> None:
+    files = controller(**{**SEED, "settings": {"reboots": {"settle": "10m"}}})["configFiles"]
+    result = validate(tmp_path, files["run"]["text"])
+    assert result.returncode == 2
+    assert "reboots" in result.stderr
+
+
+def test_an_invalid_machine_name_fails_validation(tmp_path: Path) -> None:
+    machines = {**SEED["machines"], "Grey_Area": {"host": "grey-area.local"}}
+    order = [*SEED["rebootOrder"][:-1], "Grey_Area", "self"]
+    files = controller(**{**SEED, "machines": machines, "rebootOrder": order})["configFiles"]
+    result = validate(tmp_path, files["run"]["text"])
+    assert result.returncode == 2
+    assert "Grey_Area" in result.stderr
+
+
+def _run_check(tmp_path: Path, result: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """Run the system.checks script as the build would, with its store paths made real files."""
+    (check,) = result["checks"]
+    script = check["buildCommand"]
+    for unit, file in result["configFiles"].items():
+        real = tmp_path / f"{unit}.yaml"
+        real.write_text(file["text"], encoding="utf-8")
+        script = script.replace(file["path"], str(real))
+    assert "/nix/store" not in script
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        env={**os.environ, "out": str(tmp_path / "out")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+# --- the controller module: assertions ---------------------------------------------------------
+
+
+def test_two_local_machines_fail_an_assertion() -> None:
+    machines = {**DEDICATED["machines"], "other": {"local": True}}
+    failed = controller(**{**DEDICATED, "machines": machines})["failedAssertions"]
+    assert any(
+        message.startswith("services.lab-orchestrator.machines: at most one machine")
+        for message in failed
+    ), failed
+
+
+def test_a_reboot_order_missing_a_machine_fails_an_assertion() -> None:
+    failed = controller(**{**DEDICATED, "rebootOrder": ["alpha", "self"]})["failedAssertions"]
+    assert any(message.startswith("services.lab-orchestrator.rebootOrder") for message in failed)
+
+
+def test_the_local_machine_not_last_fails_an_assertion() -> None:
+    order = ["self", "alpha", "zeta"]
+    failed = controller(**{**DEDICATED, "rebootOrder": order})["failedAssertions"]
+    assert any("must come last" in message for message in failed), failed
+
+
+def test_a_remote_machine_without_host_fails_an_assertion() -> None:
+    machines = {**DEDICATED["machines"], "nohost": {}}
+    failed = controller(**{**DEDICATED, "machines": machines})["failedAssertions"]
+    assert "services.lab-orchestrator.machines.nohost.host must be set (or local = true)." in failed
+
+
+def test_a_key_in_the_store_fails_an_assertion() -> None:
+    failed = controller(**{**DEDICATED, "sshKeyFile": "/nix/store/abc-key"})["failedAssertions"]
+    assert any(message.startswith("services.lab-orchestrator.sshKeyFile") for message in failed)
+
+
+def test_dedicated_user_without_known_hosts_is_warned() -> None:
+    warnings = controller(**DEDICATED)["warnings"]
+    assert any("programs.ssh.knownHosts" in warning for warning in warnings)
+    assert controller(**SEED)["warnings"] == []
+
+
+# --- the target module -----------------------------------------------------------------------
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx+d3BtC5jvUBMgNLWq5/sLIp3+XBbiCm+leD+8LWR1 ctl"
+
+
+def test_target_creates_a_login_user_allowed_to_reboot_and_nothing_else() -> None:
+    target = evaluate(
+        target={
+            "lab-orchestrator-target": {"enable": True, "authorizedKeys": [KEY]},
+            "openssh": {"enable": True},
+        }
+    )["target"]
+    assert target["failedAssertions"] == []
+    user = target["users"]["lab-orchestrator"]
+    assert user["openssh"]["authorizedKeys"]["keys"] == [KEY]
+    assert user["useDefaultShell"] is True
+    (rule,) = target["sudoRules"]
+    assert rule["users"] == ["lab-orchestrator"]
+    commands = {entry["command"] for entry in rule["commands"]}
+    systemctls = (
+        "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl",
+        "/run/current-system/sw/bin/systemctl",
+    )
+    assert commands == {
+        f"{systemctl} {verb}"
+        for systemctl in systemctls
+        for verb in ("reboot", "is-system-running")
+    }
+    assert all(entry["options"] == ["NOPASSWD"] for entry in rule["commands"])
+
+
+def test_target_without_a_key_or_sshd_fails_assertions() -> None:
+    failed = evaluate(target={"lab-orchestrator-target": {"enable": True}})["target"][
+        "failedAssertions"
+    ]
+    assert any(m.startswith("services.lab-orchestrator-target.authorizedKeys") for m in failed)
+    assert any("services.openssh.enable" in m for m in failed)
