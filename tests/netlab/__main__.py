@@ -1,0 +1,5 @@
+import sys
+
+from tests.netlab.cli import main
+
+sys.exit(main())
