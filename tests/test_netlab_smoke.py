@@ -121,7 +121,7 @@ def test_reboot_over_ssh_drops_sessions_goes_dark_and_returns_with_a_new_boot_id
 def test_refuse_fault_keeps_the_link_up_so_connects_are_refused_while_down(netlab):
     lab = netlab(1, faults={"h1": Fault(refuse=True)})
     t0 = time.time()
-    lab.reboot("h1")
+    assert ssh(lab, "h1", "reboot").returncode == 0  # the `reboot` shim
     lab.wait_event("h1", "down", since=t0)
     assert connect_outcome(lab.hosts["h1"].address, 22) == "refused"
     assert connect_outcome(lab.hosts["h1"].address, 8080) == "refused"
@@ -313,8 +313,7 @@ def test_a_lab_whose_owner_dies_stops_its_hosts_and_is_removed_by_down(tmp_path)
         time.sleep(0.05)
     assert [p for p in info["pids"] if Path(f"/proc/{p}").exists()] == []
 
-    assert info["prefix"] in _lab_prefixes()
-    assert down(stale_only=True) == [info["prefix"]] or info["prefix"] not in _lab_prefixes()
+    down(stale_only=True)  # what the next lab's start() does, and `python -m tests.netlab down`
     assert info["prefix"] not in _lab_prefixes()
 
 

@@ -336,7 +336,7 @@ class Hostd:
         self.http.start(self.address)
         self.http_listening = True
         self.set_state("running")
-        self.log("ready", boot_id=boot_id, address=self.address, pid=os.getpid())
+        self.log("ready", boot_id=boot_id, address=self.address)
         _write_atomic(os.path.join(self.dir, "ready"), boot_id + "\n")
 
     def reboot(self) -> None:

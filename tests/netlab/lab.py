@@ -817,21 +817,34 @@ class Lab:
         argv: Sequence[str],
         *,
         check: bool = False,
+        input: Any = None,
+        timeout: float | None = None,
+        capture_output: bool = False,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
-        **run_kwargs: Any,
+        **popen_kwargs: Any,
     ) -> subprocess.CompletedProcess[Any]:
-        return subprocess.run(
-            self.enter_argv(host, argv, str(cwd) if cwd else None),
-            check=check,
-            env=self._env_in(env),
-            **run_kwargs,
-        )
+        """subprocess.run inside the host; a timeout kills the program itself, not just nsenter."""
+        if capture_output:
+            popen_kwargs.setdefault("stdout", subprocess.PIPE)
+            popen_kwargs.setdefault("stderr", subprocess.PIPE)
+        if input is not None:
+            popen_kwargs.setdefault("stdin", subprocess.PIPE)
+        with self.spawn_in(host, argv, cwd=cwd, env=env, **popen_kwargs) as proc:
+            try:
+                out, err = proc.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+            result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        if check:
+            result.check_returncode()
+        return result
 
     def processes_in(self, host: str | Host) -> list[_Proc]:
         """Processes in the host's PID namespace other than its init and hostd."""
-        init = self.init_pid(host)
-        ino = _ns_inode(_children(init)[0] if _children(init) else init, "pid")
+        ino = _ns_inode(self.init_pid(host), "pid")
         procs = []
         for pid in _all_pids():
             if _ns_inode(pid, "pid") != ino:
