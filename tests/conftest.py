@@ -18,6 +18,7 @@ import yaml
 
 from orchestrator.simlab import Behaviour, SimHost, SimLab
 from orchestrator.store import RunRecord, Store
+from tests.netlab.fixtures import netlab  # noqa: F401  (the real-sshd lab, for tests/test_fault_*)
 
 ORCHESTRATOR = [sys.executable, "-m", "orchestrator"]
 REPO = Path(__file__).resolve().parent.parent
