@@ -71,27 +71,22 @@ def status_text(run: RunRecord | None) -> None:
     data = status_json(run)
     title = f"run {run.run_id} ({run.kind.value}): {run.state}"
     table = Table(title=title, title_justify="left")
-    for column in (
-        "machine",
-        "state",
-        "boot id before",
-        "boot id after",
-        "reboot→healthy",
-        "last probes / error",
-    ):
+    for column in ("machine", "state", "boot id before → after", "reboot took", "probes / error"):
         table.add_column(column)
     for machine in data["machines"]:
-        probes = machine["error"] or ", ".join(
-            f"{p['probe']} {'ok' if p['ok'] else p['detail']}" for p in machine["last_probes"]
-        )
+        probes = machine["last_probes"]
+        failing = [f"{p['probe']}: {p['detail']}" for p in probes if not p["ok"]]
+        notes = machine["error"] or "; ".join(failing) or (f"{len(probes)} ok" if probes else "")
         took = machine["reboot_to_healthy_s"]
+        boot_ids = (machine["boot_id_before"] or "")[:8]
+        if machine["boot_id_after"]:
+            boot_ids += f" → {machine['boot_id_after'][:8]}"
         table.add_row(
             machine["name"] + (" (local)" if machine["local"] else ""),
             machine["state"],
-            (machine["boot_id_before"] or "")[:8],
-            (machine["boot_id_after"] or "")[:8],
+            boot_ids,
             f"{took:.1f}s" if took is not None else "",
-            probes,
+            notes,
         )
     console.print(table)
     console.print(f"started {data['started_at']}, finished {data['finished_at'] or '-'}")
