@@ -142,9 +142,12 @@ class Engine:
         return self.store.run(self.run_id)
 
     def host(self, name: str) -> Host:
+        # The key seen in preflight (or before the reboot) is the only one accepted afterwards,
+        # even if known_hosts lists several for the machine.
+        expected = self.record.machine(name).host_key
         if name not in self._hosts:
-            expected = self.record.machine(name).host_key
             self._hosts[name] = make_host(self.config, name, expected)
+        self._hosts[name].expected_host_key = expected
         return self._hosts[name]
 
     async def _fire(self, trigger: str, error: str | None = None) -> None:

@@ -366,3 +366,28 @@ def test_status_is_fast_and_imports_no_network_library(tmp_path, make_lab):
     imported = probe.stderr
     for heavy in ("asyncssh", "httpx", "pydantic", "transitions"):
         assert f" {heavy}\n" not in imported and f" {heavy}." not in imported, heavy
+
+
+def test_key_seen_in_preflight_is_the_only_one_accepted_even_if_known_hosts_lists_more(
+    tmp_path, make_lab
+):
+    import asyncssh
+
+    other_key = asyncssh.generate_private_key("ssh-ed25519")
+
+    class ComesBackWithOtherKnownKey(SimHost):
+        async def boot(self):
+            self.host_key = other_key
+            await super().boot()
+
+    lab = make_lab(["alpha", "bravo"], host_class=ComesBackWithOtherKnownKey)
+    alpha = lab.lab.hosts["alpha"]
+    with lab.lab.known_hosts.open("a") as known_hosts:  # both keys are "known" for alpha
+        known_hosts.write(
+            f"[127.0.0.1]:{alpha.ssh_port} {other_key.export_public_key().decode().strip()}\n"
+        )
+    config = _config(tmp_path, lab, reboot={"timeout": "20s"})
+    assert orchestrator(config, "run").returncode == 1
+    run = latest_run(tmp_path / "state")
+    assert "alpha: came back with a different SSH host key" in run.error
+    assert lab.reboots("bravo") == 0
