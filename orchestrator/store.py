@@ -116,33 +116,55 @@ class Store:
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True) -> Store:
+        """``create=True`` for the commands that drive a run; ``create=False`` for readers
+        (status, history, abort), which never write the schema and raise FileNotFoundError
+        when there is no store yet — they must not race a starting run for its creation."""
         path = state_dir / STORE_FILE
         if not create and not path.exists():
             raise FileNotFoundError(path)
         try:
-            state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            if create:
+                state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction never
             # starts implicitly and every write is explicit about where it commits.
             connection = sqlite3.connect(path, isolation_level=None, timeout=10.0)
             connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
+            if create:
+                connection.execute("PRAGMA journal_mode=WAL")  # persistent, stored in the file
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
             check = connection.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
             store = cls(path, connection)
-            store._migrate()
+            if create:
+                store._migrate()
+            elif not store._has_schema():
+                connection.close()
+                raise FileNotFoundError(path)  # created this instant by a starting run
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"state store {path} is corrupt or unreadable ({exc}); nothing was rebooted. "
                 "Move it aside to start afresh (the run history in it is lost)."
             ) from None
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not create:
+                raise
             raise StoreError(
                 f"cannot open state store {path}: {exc}; nothing was rebooted"
             ) from None
         return store
+
+    def _has_schema(self) -> bool:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name IN ('meta', 'runs')"
+        ).fetchone()
+        if row[0] < 2:
+            return False
+        version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if version is not None and int(version[0]) != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"unknown schema version {version[0]}")
+        return version is not None
 
     def close(self) -> None:
         self._db.close()

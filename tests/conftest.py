@@ -111,10 +111,13 @@ def orchestrator(
 
 
 def spawn(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    # Output goes to a file next to the config, so a test that fails while waiting on the run
+    # can show what the orchestrator said (a pipe nobody reads could also block it).
+    log = (config.parent / f"orchestrator-{time.monotonic_ns()}.log").open("w")
     return subprocess.Popen(
         [*ORCHESTRATOR, "--config", str(config), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         text=True,
         cwd=REPO,
         env=env,
@@ -141,8 +144,9 @@ def wait_for_run(
         if run is not None and predicate(run):
             return run
         time.sleep(0.002)
+    logs = "".join(path.read_text() for path in sorted(state_dir.parent.glob("orchestrator-*.log")))
     raise AssertionError(
-        f"the run never reached the expected point (last: {latest_run(state_dir)})"
+        f"the run never reached the expected point (last: {latest_run(state_dir)})\n{logs}"
     )
 
 
