@@ -7,7 +7,9 @@ runs stay in the same file: that is ``orchestrator history``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -125,6 +127,13 @@ class Store:
         try:
             if create:
                 state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+                if not path.exists():
+                    cls._create(path)
+            if path.stat().st_size == 0:
+                # _create never leaves an empty store behind, so this one lost its contents;
+                # sqlite would take it for a new database (and discard its WAL): a run in
+                # progress would be forgotten and its machines rebooted a second time.
+                raise sqlite3.DatabaseError("the file is empty: truncated")
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so a transaction never
             # starts implicitly and every write is explicit about where it commits.
             connection = sqlite3.connect(path, isolation_level=None, timeout=10.0)
@@ -142,6 +151,12 @@ class Store:
             elif not store._has_schema():
                 connection.close()
                 raise FileNotFoundError(path)  # created this instant by a starting run
+        except sqlite3.OperationalError as exc:
+            # A full or read-only filesystem, an I/O error: the store itself may be intact, so
+            # no advice to move it aside (that would lose the run in progress).
+            raise StoreError(
+                f"cannot open state store {path}: {exc}; nothing was rebooted"
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(
                 f"state store {path} is corrupt or unreadable ({exc}); nothing was rebooted. "
@@ -154,6 +169,33 @@ class Store:
                 f"cannot open state store {path}: {exc}; nothing was rebooted"
             ) from None
         return store
+
+    @staticmethod
+    def _create(path: Path) -> None:
+        """Build a new store beside ``path`` and rename it into place, so ``path`` never
+        exists half-made: an empty store file always means a damaged one (see ``open``)."""
+        fresh = path.with_name(f"{path.name}.new")
+        leftovers = [fresh.with_name(fresh.name + suffix) for suffix in ("", "-wal", "-shm")]
+        try:
+            for leftover in leftovers:
+                leftover.unlink(missing_ok=True)
+            # A rollback journal here (``open`` switches to WAL): every commit is in the file
+            # itself by the time it is renamed, none left behind in a WAL beside it.
+            with contextlib.closing(sqlite3.connect(fresh, isolation_level=None)) as db:
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            os.replace(fresh, path)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except BaseException:
+            for leftover in leftovers:
+                with contextlib.suppress(OSError):
+                    leftover.unlink(missing_ok=True)
+            raise
 
     def _has_schema(self) -> bool:
         row = self._db.execute(
