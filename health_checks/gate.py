@@ -84,26 +84,31 @@ async def gate_round(
     anything else, such as a changed host key, propagates and ends the wait.
     """
 
-    async def system_probes() -> tuple[list[Probe], str | None]:
+    # HTTP is probed only once SSH has read a new boot id: until then the round fails anyway,
+    # and an HTTP connect sent while the machine is dark only waits out its SYN timeout —
+    # started just before the machine returns, it would fail the first round that could pass.
+    try:
+        boot_id = await host.read_boot_id(policy.probe_timeout)
+    except transient as exc:
+        probe = Probe("ssh", False, str(exc).removeprefix("ssh: "))
+        return GateRound((probe,), None, host.host_key)
+    if boot_id is None:
+        probe = Probe("boot id", False, "unreadable or not a UUID")
+        return GateRound((probe,), None, host.host_key)
+    if boot_id_before is not None and boot_id == boot_id_before:
+        probe = Probe("boot id", False, "unchanged: not rebooted yet")
+        return GateRound((probe,), boot_id, host.host_key)
+
+    async def system_probe() -> Probe:
         try:
-            boot_id = await host.read_boot_id(policy.probe_timeout)
-            if boot_id is None:
-                return [Probe("boot id", False, "unreadable or not a UUID")], None
-            if boot_id_before is not None and boot_id == boot_id_before:
-                return [Probe("boot id", False, "unchanged: not rebooted yet")], boot_id
             state = await host.system_state(policy.probe_timeout)
         except transient as exc:
-            return [Probe("ssh", False, str(exc).removeprefix("ssh: "))], None
+            return Probe("ssh", False, str(exc).removeprefix("ssh: "))
         wanted = ("running", "degraded") if policy.allow_degraded else ("running",)
-        return [
-            Probe("boot id", True, boot_id),
-            Probe("system", state in wanted, state),
-        ], boot_id
+        return Probe("system", state in wanted, state)
 
-    system_task = asyncio.ensure_future(system_probes())
-    http_probes = await asyncio.gather(*(http.probe(check) for check in checks))
-    system, boot_id = await system_task
-    return GateRound((*system, *http_probes), boot_id, host.host_key)
+    probes = await asyncio.gather(system_probe(), *(http.probe(check) for check in checks))
+    return GateRound((Probe("boot id", True, boot_id), *probes), boot_id, host.host_key)
 
 
 class GateNotPassed(Exception):

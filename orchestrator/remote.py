@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
@@ -28,6 +31,11 @@ READ_BOOT_ID = ["cat", BOOT_ID_PATH]
 SYSTEM_STATE = ["systemctl", "is-system-running"]
 # A reboot command that has not answered by then was delivered; the host is going down.
 REBOOT_COMMAND_TIMEOUT = 30.0
+# While a machine is dark its SYNs are dropped and Linux resends one only after 1 s, then 3 s:
+# a single connect started just before the machine came back would notice it a second late
+# or never within the connect timeout. A fresh TCP attempt this often (earlier ones stay in
+# flight, so a slow network still gets its answer) notices a machine within this interval.
+CONNECT_RETRY_INTERVAL = 0.1
 
 log = logging.getLogger("orchestrator")
 
@@ -74,6 +82,68 @@ class SshEndpoint:
     connect_timeout: float
 
 
+async def open_tcp(host: str, port: int, limit: float) -> socket.socket:
+    """A connected TCP socket to ``host:port`` within ``limit`` seconds, or the last error.
+
+    Staggered attempts, happy-eyeballs style: a new one every ``CONNECT_RETRY_INTERVAL``
+    while earlier ones are still waiting, and the first to connect wins. A refused connection
+    (a booting machine whose sshd is not listening yet) is retried at the next tick like a
+    dropped one, so it is handled like a timeout until ``limit``. Only reachability is decided
+    here: the SSH handshake, host key check and login happen on the socket afterwards.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + limit
+    async with asyncio.timeout(limit):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+    async def attempt(info: tuple[Any, ...]) -> socket.socket:
+        family, kind, proto, _, address = info
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    tasks: list[asyncio.Task[socket.socket]] = []  # attempts not yet looked at
+    winner: socket.socket | None = None
+    last_error: BaseException | None = None
+    next_start = time.monotonic()
+    try:
+        while winner is None:
+            now = time.monotonic()
+            if now >= deadline:
+                # Attempts still waiting: the machine is dark. Otherwise say what it answered.
+                raise TimeoutError() if tasks or last_error is None else last_error
+            if now >= next_start:
+                # One attempt per resolved address per tick (usually exactly one).
+                tasks += [asyncio.create_task(attempt(info)) for info in infos]
+                next_start = now + CONNECT_RETRY_INTERVAL
+            wait = max(0.0, min(next_start, deadline) - time.monotonic())
+            if tasks:
+                await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(wait)
+            for task in [task for task in tasks if task.done()]:
+                tasks.remove(task)
+                error = task.exception()
+                if error is not None:
+                    last_error = error
+                elif winner is None:
+                    winner = task.result()
+                else:
+                    task.result().close()
+        return winner
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()  # the attempt closes its own socket
+            elif not task.cancelled() and task.exception() is None:
+                task.result().close()
+
+
 def load_known_hosts(files: Sequence[Path]) -> asyncssh.SSHKnownHosts:
     if not files:
         raise OrchestratorError(
@@ -116,15 +186,18 @@ class SshHost:
             options["client_keys"] = [str(endpoint.identity_file)]
             options["agent_path"] = None
         limit = min(timeout, endpoint.connect_timeout)
+        deadline = time.monotonic() + limit
         try:
-            async with asyncio.timeout(limit):
+            sock = await open_tcp(endpoint.host, endpoint.port, limit)
+            # asyncssh owns the socket from here: it closes it if the handshake fails.
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 conn = await asyncssh.connect(
                     endpoint.host,
                     endpoint.port,
+                    sock=sock,
                     username=endpoint.user,
                     known_hosts=self._known_hosts,
                     config=None,
-                    connect_timeout=limit,
                     login_timeout=limit,
                     keepalive_interval=5,
                     keepalive_count_max=2,
