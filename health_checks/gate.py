@@ -142,8 +142,9 @@ async def wait_until_healthy(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GateNotPassed(rounds[-1] if rounds else None, "deadline reached")
+        round_limit = policy.probe_timeout + 1.0
         try:
-            async with asyncio.timeout(min(remaining, policy.probe_timeout + 1.0)):
+            async with asyncio.timeout(min(remaining, round_limit)):
                 result = await gate_round(
                     host,
                     checks,
@@ -153,6 +154,10 @@ async def wait_until_healthy(
                     transient=transient,
                 )
         except TimeoutError:
+            if remaining < round_limit and rounds:
+                # The deadline cut this round short: the last whole round says why the
+                # machine did not pass (e.g. its failing HTTP check), "timed out" would not.
+                raise GateNotPassed(rounds[-1], "deadline reached") from None
             result = GateRound((Probe("gate", False, "round timed out"),), None, None)
         rounds[:] = [result]
         await on_round(result)
