@@ -265,7 +265,7 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
 
 def parse_config(path: Path, text: str) -> LoadedConfig:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.safe_load(text)  # the pure loader: its error marks are the most exact
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""

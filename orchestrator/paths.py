@@ -17,6 +17,12 @@ DEFAULT_CONFIG_PATH = Path("/etc/lab-orchestrator/config.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/lab-orchestrator")
 
 
+def load_yaml(text: str) -> object:
+    """``yaml.safe_load`` with the C loader when PyYAML has it (a 40-machine file costs ~25 ms
+    in the pure-Python one, a noticeable part of ``orchestrator status``)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
     if option:
         return Path(option)
@@ -28,7 +34,7 @@ def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
 def read_state_dir(path: Path) -> Path:
     default = DEFAULT_STATE_DIR
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: no such file (pass --config or set ORCHESTRATOR_CONFIG)"

@@ -64,7 +64,9 @@ def status_text(run: RunRecord | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # Plain text in, plain text out: no markup parsing, emoji codes or repr highlighting of
+    # values that come from hosts (a probe detail with "[" must print as it is), and faster.
+    console = Console(markup=False, emoji=False, highlight=False)
     if run is None:
         console.print("no runs yet")
         return
@@ -91,7 +93,7 @@ def status_text(run: RunRecord | None) -> None:
     console.print(table)
     console.print(f"started {data['started_at']}, finished {data['finished_at'] or '-'}")
     if run.error:
-        console.print(f"error: {run.error}", markup=False)
+        console.print(f"error: {run.error}")
 
 
 def history_lines(runs: list[RunRecord]) -> list[str]:

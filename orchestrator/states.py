@@ -15,6 +15,7 @@ Machine names live in flat state names (``rebooting:grey-area``) on purpose: tra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -60,13 +61,18 @@ class StateName:
 
 def work_states(kind: RunKind, machines: Sequence[str]) -> list[str]:
     """The states that do work, in order; ``done`` follows the last one."""
+    return list(_work_states(kind, tuple(machines)))
+
+
+@functools.lru_cache(maxsize=8)
+def _work_states(kind: RunKind, machines: tuple[str, ...]) -> tuple[str, ...]:
     head = [Phase.PREFLIGHT]
     if kind is RunKind.NIGHTLY:
         head += [Phase.UPDATING, Phase.DEPLOYING]
     states = [str(StateName(phase)) for phase in head]
     for machine in machines:
         states += [str(StateName(phase, machine)) for phase in MACHINE_PHASES]
-    return states
+    return tuple(states)
 
 
 def transition_table(kind: RunKind, machines: Sequence[str]) -> list[dict[str, str]]:
