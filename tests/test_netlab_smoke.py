@@ -271,8 +271,13 @@ def test_stop_removes_namespaces_links_and_every_process(tmp_path):
     require_netlab()
     lab = Lab(tmp_path / "lab", 2, controller=True).start()
     sleeper = lab.spawn_in(CONTROLLER, ["sleep", "60"])
-    pids = [p.outer_pid for h in lab.hosts for p in lab.processes_in(h)]
-    pids += [lab.init_pid(h) for h in lab.hosts]
+    deadline = time.monotonic() + 5  # the sleeper needs a moment to appear inside the host
+    while True:
+        pids = [p.outer_pid for h in lab.hosts for p in lab.processes_in(h)]
+        pids += [lab.init_pid(h) for h in lab.hosts]
+        if len(pids) >= 7 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(pids) >= 7  # sshd per host, the sleeper, init per host
 
     lab.stop()

@@ -301,8 +301,11 @@ def test_corrupt_store_is_a_clear_error_and_reboots_nothing(tmp_path, make_lab, 
     first.send_signal(signal.SIGKILL)
     first.wait()
     store = tmp_path / "state" / "state.db"
-    with sqlite3.connect(store) as db:  # move everything out of the WAL into the main file
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db = sqlite3.connect(store)  # move everything out of the WAL into the main file
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    for leftover in ("state.db-wal", "state.db-shm"):  # so only the damage below is seen
+        (tmp_path / "state" / leftover).unlink(missing_ok=True)
     size = store.stat().st_size
     assert size > 3 * 4096
     if damage == "garbage":
