@@ -71,7 +71,6 @@ python3Packages.buildPythonApplication {
 
   meta = {
     inherit (pyproject.project) description;
-    license = lib.licenses.mit;
     mainProgram = "orchestrator";
     platforms = lib.platforms.linux;
   };
