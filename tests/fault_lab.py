@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.store import RunRecord, Store
-from tests.conftest import ORCHESTRATOR, REPO
+from tests.conftest import ORCHESTRATOR, REPO, latest_run
 from tests.netlab import Lab
 
 # Short polls keep the suite fast; everything else is the lab's production-shaped config.
@@ -65,17 +65,6 @@ def spawn(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
-
-
-def latest_run(state_dir: Path) -> RunRecord | None:
-    try:
-        store = Store.open(state_dir, create=False)
-    except FileNotFoundError:
-        return None
-    try:
-        return store.latest_run()
-    finally:
-        store.close()
 
 
 def all_runs(state_dir: Path) -> list[RunRecord]:
