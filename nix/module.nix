@@ -555,17 +555,20 @@ in
               NoNewPrivileges = false;
             }
         );
-      in
-      {
-        systemd.services.lab-orchestrator = {
-          description = "Lab-wide update and health-gated rolling reboot";
+        # What the run unit and the resume unit share.
+        orchestratorUnit = {
           after = [ "network-online.target" ];
           wants = [ "network-online.target" ];
           path = unitPath;
           # A deploy that switches the controller itself must not restart or
-          # stop the run that is doing the deploy.
+          # stop the run that is doing the deploy (nor start a second one).
           restartIfChanged = false;
           unitConfig.X-StopOnRemoval = false;
+        };
+      in
+      {
+        systemd.services.lab-orchestrator = orchestratorUnit // {
+          description = "Lab-wide update and health-gated rolling reboot";
           serviceConfig = serviceConfig // {
             Type = "oneshot";
             ExecStart = "${orchestrator} --config ${configFiles.run} run";
@@ -586,14 +589,9 @@ in
 
         # Finishes a run after the controller rebooted itself (or after a
         # crash/power cut mid-run); a no-op when nothing was interrupted.
-        systemd.services.lab-orchestrator-resume = {
+        systemd.services.lab-orchestrator-resume = orchestratorUnit // {
           description = "Resume an interrupted lab-orchestrator run after boot";
           wantedBy = [ "multi-user.target" ];
-          after = [ "network-online.target" ];
-          wants = [ "network-online.target" ];
-          path = unitPath;
-          restartIfChanged = false;
-          unitConfig.X-StopOnRemoval = false;
           serviceConfig = serviceConfig // {
             # Not oneshot: verifying the controller waits for
             # `systemctl is-system-running` to say "running", which it never

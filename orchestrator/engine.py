@@ -126,7 +126,6 @@ class Engine:
         self.settings = config.settings
         self.store = store
         self.run_id = run.run_id
-        self.kind = run.kind
         self.model = RunModel()
         build_machine(self.model, run.kind, run.machine_names, initial=run.state)
         self.policy = gate_policy(config)

@@ -31,6 +31,16 @@ def _config(tmp_path: Path, lab, **overrides) -> Path:
     return write_config(tmp_path / "lab.yaml", lab.lab.config(tmp_path / "state", **overrides))
 
 
+def _killed_while_deploying(tmp_path: Path, lab) -> Path:
+    """A run SIGKILLed in `deploying` (nothing rebooted yet); returns its config."""
+    config = _config(tmp_path, lab, deploy={"command": ["sleep", "30"]})
+    first = spawn(config, "run")
+    wait_for_run(tmp_path / "state", lambda run: run.state == "deploying")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    return config
+
+
 def test_healthy_lab_reboots_every_machine_once_in_order(tmp_path, make_lab):
     lab = make_lab(NAMES)
     config = _config(tmp_path, lab)
@@ -210,11 +220,7 @@ def test_second_run_while_one_runs_exits_75_and_leaves_the_first_alone(tmp_path,
 
 def test_lock_of_a_killed_run_does_not_block_the_next(tmp_path, make_lab):
     lab = make_lab(["alpha"])
-    config = _config(tmp_path, lab, deploy={"command": ["sleep", "30"]})
-    first = spawn(config, "run")
-    wait_for_run(tmp_path / "state", lambda run: run.state == "deploying")
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    config = _killed_while_deploying(tmp_path, lab)
     write_config(config, lab.lab.config(tmp_path / "state"))  # a fast deploy this time
     result = orchestrator(config, "run")
     assert result.returncode == 0, result.stderr
@@ -237,11 +243,7 @@ def test_abort_stops_before_the_next_reboot(tmp_path, make_lab):
 
 def test_abort_of_an_interrupted_run_ends_it_and_resume_does_nothing(tmp_path, make_lab):
     lab = make_lab(["alpha"])
-    config = _config(tmp_path, lab, deploy={"command": ["sleep", "30"]})
-    first = spawn(config, "run")
-    wait_for_run(tmp_path / "state", lambda run: run.state == "deploying")
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    config = _killed_while_deploying(tmp_path, lab)
     assert "aborted (no orchestrator was running it)" in orchestrator(config, "abort").stdout
     resumed = orchestrator(config, "resume")
     assert resumed.returncode == 0 and "nothing to resume" in resumed.stderr
@@ -295,11 +297,7 @@ def test_history_lists_past_runs(tmp_path, make_lab):
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_store_is_a_clear_error_and_reboots_nothing(tmp_path, make_lab, damage):
     lab = make_lab(["alpha"])
-    config = _config(tmp_path, lab, deploy={"command": ["sleep", "30"]})
-    first = spawn(config, "run")
-    wait_for_run(tmp_path / "state", lambda run: run.state == "deploying")
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    config = _killed_while_deploying(tmp_path, lab)
     store = tmp_path / "state" / "state.db"
     db = sqlite3.connect(store)  # move everything out of the WAL into the main file
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
