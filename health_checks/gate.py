@@ -2,9 +2,10 @@
 
 A round passes when SSH connects with the trusted host key, the boot id is a UUID different
 from the one saved before the reboot, ``systemctl is-system-running`` says ``running`` (or
-``degraded`` when allowed) and every HTTP check passes. The gate passes when ``stable_passes``
-rounds in a row pass, ``poll_interval`` apart, on one unchanged boot id — a single lucky probe
-of a flapping service is not enough. Reachability alone never proves a reboot.
+``degraded`` when allowed) and every configured check passes. The gate passes when
+``stable_passes`` rounds in a row pass, ``poll_interval`` apart, on one unchanged boot id — a
+single lucky probe of a flapping service is not enough. Reachability alone never proves a
+reboot. The gate runs checks of any type through their common interface and never names one.
 """
 
 from __future__ import annotations
@@ -13,22 +14,23 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-if TYPE_CHECKING:
-    from orchestrator.config import HttpCheck
+from health_checks.base import Check, CommandHost, Probe, ProbeContext, Timeouts
+from health_checks.clients import HttpClients
 
-
-@dataclass(frozen=True)
-class Probe:
-    name: str
-    ok: bool
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.detail}"
+__all__ = [
+    "GateHost",
+    "GateNotPassed",
+    "GatePolicy",
+    "GateRound",
+    "Probe",
+    "gate_round",
+    "probe_once",
+    "wait_until_healthy",
+]
 
 
 @dataclass(frozen=True)
@@ -49,30 +51,43 @@ class GateRound:
         return [{"probe": p.name, "ok": p.ok, "detail": p.detail} for p in self.probes]
 
 
-class GateHost(Protocol):
-    name: str
-    host_key: str | None
+class GateHost(CommandHost, Protocol):
+    @property
+    def host_key(self) -> str | None: ...
 
     async def read_boot_id(self, timeout: float) -> str | None: ...
     async def system_state(self, timeout: float) -> str: ...
 
 
-class HttpProbe(Protocol):
-    async def probe(self, check: HttpCheck) -> Probe: ...
-
-
 @dataclass(frozen=True)
 class GatePolicy:
     allow_degraded: bool
-    probe_timeout: float
+    timeouts: Timeouts
     poll_interval: float
     stable_passes: int
 
 
+@dataclass(frozen=True)
+class GateTarget:
+    """One machine as the gate sees it: how to reach it and what to check."""
+
+    host: GateHost
+    address: str
+    checks: Sequence[Check]
+
+
+async def _bounded(check: Check, ctx: ProbeContext) -> Probe:
+    budget = check.budget(ctx.timeouts)
+    try:
+        async with asyncio.timeout(budget):
+            return await check.probe(ctx)
+    except TimeoutError:
+        return Probe(check.describe(ctx.address), False, f"no answer within {budget:g}s")
+
+
 async def gate_round(
-    host: GateHost,
-    checks: Sequence[HttpCheck],
-    http: HttpProbe,
+    target: GateTarget,
+    http: HttpClients,
     *,
     boot_id_before: str | None,
     policy: GatePolicy,
@@ -83,12 +98,13 @@ async def gate_round(
     ``transient`` is the exception type that means "not reachable yet" (``remote.ProbeFailed``);
     anything else, such as a changed host key, propagates and ends the wait.
     """
-
-    # HTTP is probed only once SSH has read a new boot id: until then the round fails anyway,
-    # and an HTTP connect sent while the machine is dark only waits out its SYN timeout —
+    host = target.host
+    timeouts = policy.timeouts
+    # Checks run only once SSH has read a new boot id: until then the round fails anyway, and
+    # an HTTP or TCP connect sent while the machine is dark only waits out its SYN timeout —
     # started just before the machine returns, it would fail the first round that could pass.
     try:
-        boot_id = await host.read_boot_id(policy.probe_timeout)
+        boot_id = await host.read_boot_id(timeouts.command)
     except transient as exc:
         probe = Probe("ssh", False, str(exc).removeprefix("ssh: "))
         return GateRound((probe,), None, host.host_key)
@@ -101,14 +117,29 @@ async def gate_round(
 
     async def system_probe() -> Probe:
         try:
-            state = await host.system_state(policy.probe_timeout)
+            state = await host.system_state(timeouts.command)
         except transient as exc:
             return Probe("ssh", False, str(exc).removeprefix("ssh: "))
         wanted = ("running", "degraded") if policy.allow_degraded else ("running",)
         return Probe("system", state in wanted, state)
 
-    probes = await asyncio.gather(system_probe(), *(http.probe(check) for check in checks))
+    ctx = ProbeContext(host, target.address, http, timeouts, transient)
+    probes = await asyncio.gather(system_probe(), *(_bounded(c, ctx) for c in target.checks))
     return GateRound((Probe("boot id", True, boot_id), *probes), boot_id, host.host_key)
+
+
+async def probe_once(
+    target: GateTarget, http: HttpClients, policy: GatePolicy, transient: type[Exception]
+) -> GateRound:
+    """One bounded round with no "before" boot id: what preflight and ``plan`` ask."""
+    limit = policy.timeouts.round
+    try:
+        async with asyncio.timeout(limit):
+            return await gate_round(
+                target, http, boot_id_before=None, policy=policy, transient=transient
+            )
+    except TimeoutError:
+        return GateRound((Probe("gate", False, f"no answer within {limit:g}s"),), None, None)
 
 
 class GateNotPassed(Exception):
@@ -118,9 +149,8 @@ class GateNotPassed(Exception):
 
 
 async def wait_until_healthy(
-    host: GateHost,
-    checks: Sequence[HttpCheck],
-    http: HttpProbe,
+    target: GateTarget,
+    http: HttpClients,
     *,
     boot_id_before: str,
     policy: GatePolicy,
@@ -142,12 +172,11 @@ async def wait_until_healthy(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise GateNotPassed(rounds[-1] if rounds else None, "deadline reached")
-        round_limit = policy.probe_timeout + 1.0
+        round_limit = policy.timeouts.round
         try:
             async with asyncio.timeout(min(remaining, round_limit)):
                 result = await gate_round(
-                    host,
-                    checks,
+                    target,
                     http,
                     boot_id_before=boot_id_before,
                     policy=policy,
@@ -158,7 +187,9 @@ async def wait_until_healthy(
                 # The deadline cut this round short: the last whole round says why the
                 # machine did not pass (e.g. its failing HTTP check), "timed out" would not.
                 raise GateNotPassed(rounds[-1], "deadline reached") from None
-            result = GateRound((Probe("gate", False, "round timed out"),), None, None)
+            result = GateRound(
+                (Probe("gate", False, f"round took longer than {round_limit:g}s"),), None, None
+            )
         rounds[:] = [result]
         await on_round(result)
         if not result.passed or (streak and streak[0].boot_id != result.boot_id):

@@ -1,60 +1,55 @@
-"""HTTP health probes.
+"""``type: http`` — an HTTP(S) request from the controller answers with the expected status.
 
-httpx pitfalls handled here (see STYLE.md): its timeout applies per phase, so the whole probe is
-also bounded with ``asyncio.timeout``; ``trust_env=False`` keeps proxy variables away from LAN
-probes; redirects are not followed, so a check sees exactly what the service answered.
+httpx pitfalls handled here (see STYLE.md): its timeout applies per phase, so the gate also
+bounds the whole probe; redirects are not followed; proxies from the environment are ignored.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING
+from typing import Annotated, Literal
 
 import httpx
+from pydantic import Field
 
-from health_checks.gate import Probe
-
-if TYPE_CHECKING:
-    from orchestrator.config import HttpCheck
+from health_checks.base import Check, Probe, ProbeContext
+from health_checks.schema import HttpUrl
 
 
-class HttpProber:
-    """One pair of clients per run (connection pools are reused across polls)."""
+class HttpCheck(Check):
+    type: Literal["http"] = Field(
+        default="http",
+        description="Check type: an HTTP(S) request answers as expected; `http` when omitted.",
+        examples=["http"],
+    )
+    url: HttpUrl = Field(
+        description="URL fetched from the controller with GET; redirects are not followed.",
+        examples=["http://grey-area.local:8080/health"],
+    )
+    status: Annotated[int, Field(ge=100, le=599)] = Field(
+        200, description="The status code that counts as healthy.", examples=[200]
+    )
+    body_contains: str | None = Field(
+        None, description="A string the response body must contain.", examples=["ok"]
+    )
+    verify_tls: bool = Field(
+        True, description="Verify the certificate of an https URL.", examples=[True]
+    )
 
-    def __init__(self) -> None:
-        self._clients: dict[bool, httpx.AsyncClient] = {}
+    def describe(self, address: str) -> str:
+        return f"http {self.url}"
 
-    def _client(self, verify_tls: bool) -> httpx.AsyncClient:
-        if verify_tls not in self._clients:
-            self._clients[verify_tls] = httpx.AsyncClient(
-                trust_env=False,
-                follow_redirects=False,
-                verify=verify_tls,
-                # No keep-alive: after a reboot a pooled connection is dead, and a fresh
-                # connection per probe is what proves the service is listening again.
-                limits=httpx.Limits(max_keepalive_connections=0),
-            )
-        return self._clients[verify_tls]
-
-    async def probe(self, check: HttpCheck) -> Probe:
-        name = f"http {check.url}"
+    async def probe(self, ctx: ProbeContext) -> Probe:
+        name = self.describe(ctx.address)
+        budget = self.budget(ctx.timeouts)
         try:
-            async with asyncio.timeout(check.timeout):
-                response = await self._client(check.verify_tls).get(
-                    check.url, timeout=httpx.Timeout(check.timeout)
-                )
-        except TimeoutError:
-            return Probe(name, False, f"no answer within {check.timeout:g}s")
+            response = await ctx.http.get(self.verify_tls).get(
+                self.url, timeout=httpx.Timeout(budget)
+            )
         except httpx.HTTPError as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return Probe(name, False, reason)
-        if response.status_code != check.status:
-            return Probe(name, False, f"HTTP {response.status_code} (want {check.status})")
-        if check.body_contains is not None and check.body_contains not in response.text:
-            return Probe(name, False, f"body lacks {check.body_contains!r}")
+        if response.status_code != self.status:
+            return Probe(name, False, f"HTTP {response.status_code} (want {self.status})")
+        if self.body_contains is not None and self.body_contains not in response.text:
+            return Probe(name, False, f"body lacks {self.body_contains!r}")
         return Probe(name, True, f"HTTP {response.status_code}")
-
-    async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()

@@ -116,32 +116,39 @@ let
     # orchestrator adds later is reachable without a module change.
     freeformType = format.type;
     options = {
+      type = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "tcp";
+        description = "Check type (`http`, `tcp`, `command`, `systemd`); `null` means `http`. Each type's keys are in config/REFERENCE.md; those not declared here pass through as they are.";
+      };
       url = mkOption {
-        type = types.str;
+        type = types.nullOr types.str;
+        default = null;
         example = "http://grey-area.local:8080/health";
-        description = "URL probed after the machine is back up.";
+        description = "URL probed after the machine is back up (`type = \"http\"`, required there; see config/REFERENCE.md).";
       };
       status = mkOption {
         type = types.nullOr types.int;
         default = null;
         example = 200;
-        description = "Expected HTTP status; `null` keeps the orchestrator's default (200).";
+        description = "Expected HTTP status; `null` keeps the orchestrator's default (see config/REFERENCE.md).";
       };
       body_contains = mkOption {
         type = types.nullOr types.str;
         default = null;
-        description = "Text the response body must contain.";
+        description = "Text the response body must contain; `null`: no body check.";
       };
       timeout = mkOption {
         type = types.nullOr (types.either types.str types.int);
         default = null;
         example = "2s";
-        description = "Per-request timeout (\"2s\", \"1m\" or seconds); `null` keeps the orchestrator's default.";
+        description = "Bound on this probe (\"2s\", \"1m\" or seconds); `null` keeps the orchestrator's default (see config/REFERENCE.md).";
       };
       verify_tls = mkOption {
         type = types.nullOr types.bool;
         default = null;
-        description = "Whether to verify the TLS certificate; `null` keeps the orchestrator's default (true).";
+        description = "Whether to verify the TLS certificate; `null` keeps the orchestrator's default (see config/REFERENCE.md).";
       };
     };
   };
@@ -161,26 +168,33 @@ let
           type = types.nullOr types.str;
           default = null;
           example = "lab-orchestrator";
-          description = "SSH user; `null` uses `settings.ssh.user` (the orchestrator's default is root).";
+          description = "SSH user; `null` uses `settings.ssh.user` (its default: see config/REFERENCE.md).";
         };
         port = mkOption {
           type = types.nullOr types.port;
           default = null;
-          description = "SSH port; `null` uses `settings.ssh.port` (22).";
+          description = "SSH port; `null` uses `settings.ssh.port` (its default: see config/REFERENCE.md).";
         };
         local = mkOption {
           type = types.bool;
           default = false;
           description = ''
-            Whether this entry is the controller itself: it is rebooted with
-            `systemctl reboot` locally instead of over SSH, after every other
-            machine. At most one machine may be local.
+            Whether this entry is the controller itself: it is rebooted
+            locally (`settings.local.reboot_command`) instead of over SSH,
+            after every other machine. At most one machine may be local.
           '';
         };
         checks = mkOption {
           type = types.listOf checkSubmodule;
           default = [ ];
-          description = "HTTP health checks that must pass before the next machine is rebooted.";
+          example = literalExpression ''
+            [
+              { url = "http://grey-area.local:8080/health"; }
+              { type = "tcp"; port = 5432; }
+              { type = "systemd"; units = [ "nginx.service" ]; }
+            ]
+          '';
+          description = "Health checks (http, tcp, command, systemd) that must pass before the next machine is rebooted; their keys are `machines.<name>.checks[]` in config/REFERENCE.md.";
         };
       };
     }
@@ -362,11 +376,12 @@ in
         }
       '';
       description = ''
-        The orchestrator's configuration file, as Nix (every key of
-        `config/lab.example.yaml` in the orchestrator's repository is
-        accepted). `flake`,
-        `machines` and the SSH key come from the options of the same
-        purpose; by default `ssh.known_hosts` is
+        The orchestrator's configuration file, as Nix. Every key, with its
+        default, is in `config/REFERENCE.md` of the orchestrator's
+        repository (generated from its schema; see the README's
+        Configuration section); a key left out keeps the orchestrator's
+        default. `flake`, `machines` and the SSH key come from the options
+        of the same purpose; by default `ssh.known_hosts` is
         `/etc/ssh/ssh_known_hosts`, generated from
         {option}`programs.ssh.knownHosts`, when running as the dedicated
         user.

@@ -6,14 +6,14 @@ Only argument handling and exit codes live here; the work is in ``engine``. Heav
 
 from __future__ import annotations
 
+import contextlib
 import os
-import sqlite3
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OrchestratorError, StoreError
+from orchestrator.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OrchestratorError
 from orchestrator.paths import config_path, read_state_dir
 
 if TYPE_CHECKING:
@@ -35,12 +35,13 @@ class Context:
         logs.setup(self.debug, config.settings.log_file)
         return config
 
-    def open_store(self, create: bool) -> Store | None:
+    def open_store(self) -> Store | None:
+        """The store for reading, or None when no run was ever made."""
         from orchestrator.store import Store
 
         state_dir = read_state_dir(self.config_path)
         try:
-            return Store.open(state_dir, create=create)
+            return Store.open(state_dir, create=False)
         except FileNotFoundError:
             return None
 
@@ -59,42 +60,14 @@ def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
     ctx.obj = Context(config_option, debug)
 
 
-def _drive(ctx: Context, config: LoadedConfig, *, start: RunKind | None, only: str | None) -> int:
-    import asyncio
-    import logging
+def _drive(config: LoadedConfig, start: RunKind | None, only: str | None = None) -> int:
+    from orchestrator import engine
+    from orchestrator.states import Phase
 
-    from orchestrator import lock
-    from orchestrator.engine import Engine
-    from orchestrator.states import Phase, RunKind
-    from orchestrator.store import Store
-
-    log = logging.getLogger("orchestrator")
-    state_dir = config.settings.state_dir
-    with lock.exclusive(state_dir):
-        store = Store.open(state_dir)
-        run = store.active_run()
-        if run is not None:
-            if start is RunKind.REBOOT:
-                raise OrchestratorError(
-                    f"run {run.run_id} is in progress ({run.state}); let it finish "
-                    "or stop it with `orchestrator abort` first"
-                )
-            log.info(
-                "run %d: continuing from %s (started %s)",
-                run.run_id,
-                run.state,
-                run.started_at.isoformat(timespec="seconds"),
-            )
-        elif start is None:
-            click.echo("nothing to resume: no run is in progress", err=True)
-            return EXIT_OK
-        else:
-            names = [only] if only else list(config.machine_order)
-            machines = [(name, config.machine(name).local) for name in names]
-            run = store.create_run(start, machines, config.path)
-            log.info("run %d: %s run of %s", run.run_id, start.value, " -> ".join(names))
-        final = asyncio.run(Engine(config, store, run).drive())
-        store.close()
+    final = engine.drive(config, start, only)
+    if final is None:
+        click.echo("nothing to resume: no run is in progress", err=True)
+        return EXIT_OK
     return EXIT_OK if final.state == Phase.DONE.value else EXIT_FAILED
 
 
@@ -104,14 +77,14 @@ def run(ctx: Context) -> int:
     """Update, deploy, then reboot every machine in order (continues a run in progress)."""
     from orchestrator.states import RunKind
 
-    return _drive(ctx, ctx.load(), start=RunKind.NIGHTLY, only=None)
+    return _drive(ctx.load(), RunKind.NIGHTLY)
 
 
 @cli.command()
 @click.pass_obj
 def resume(ctx: Context) -> int:
     """Finish an interrupted run (the boot unit calls this); no-op when there is none."""
-    return _drive(ctx, ctx.load(), start=None, only=None)
+    return _drive(ctx.load(), None)
 
 
 @cli.command()
@@ -121,9 +94,7 @@ def reboot(ctx: Context, machine: str) -> int:
     """Reboot one MACHINE and wait until it passes the health gate."""
     from orchestrator.states import RunKind
 
-    config = ctx.load()
-    config.machine(machine)
-    return _drive(ctx, config, start=RunKind.REBOOT, only=machine)
+    return _drive(ctx.load(), RunKind.REBOOT, machine)
 
 
 @cli.command()
@@ -133,8 +104,9 @@ def status(ctx: Context, as_json: bool) -> int:
     """The current or last run: state, per-machine progress, boot ids, errors."""
     from orchestrator import report
 
-    store = ctx.open_store(create=False)
-    run = store.latest_run() if store else None
+    store = ctx.open_store()
+    with store or contextlib.nullcontext():
+        run = store.latest_run() if store else None
     if as_json:
         click.echo(report.dumps(report.status_json(run)))
     else:
@@ -149,8 +121,9 @@ def history(ctx: Context, limit: int) -> int:
     """Past runs, newest first, one line each."""
     from orchestrator import report
 
-    store = ctx.open_store(create=False)
-    runs = store.runs(limit) if store else []
+    store = ctx.open_store()
+    with store or contextlib.nullcontext():
+        runs = store.runs(limit) if store else []
     for line in report.history_lines(runs) or ["no runs yet"]:
         click.echo(line)
     return EXIT_OK
@@ -160,30 +133,10 @@ def history(ctx: Context, limit: int) -> int:
 @click.pass_obj
 def abort(ctx: Context) -> int:
     """Stop the run in progress at the next safe point; it ends `aborted`."""
-    from orchestrator import lock
-    from orchestrator.errors import LockHeldError
-    from orchestrator.states import Phase
+    from orchestrator import engine, logs
 
-    store = ctx.open_store(create=False)
-    run = store.active_run() if store else None
-    if store is None or run is None:
-        click.echo("no run in progress")
-        return EXIT_OK
-    state_dir = read_state_dir(ctx.config_path)
-    try:
-        with lock.exclusive(state_dir):
-            # Nobody is driving the run (e.g. it waits for the controller's resume at boot).
-            message = f"aborted on request (orchestrator abort) in {run.state}"
-            store.request_abort(run.run_id)
-            store.set_state(run.run_id, Phase.ABORTED.value, error=message)
-            click.echo(f"run {run.run_id} aborted (no orchestrator was running it)")
-    except LockHeldError:
-        store.request_abort(run.run_id)
-        pid = lock.holder_pid(state_dir)
-        click.echo(
-            f"abort requested: run {run.run_id} (PID {pid or '?'}, now {run.state}) stops "
-            "at the next safe point; it will not send another reboot"
-        )
+    logs.setup(ctx.debug)
+    click.echo(engine.abort(ctx.config_path))
     return EXIT_OK
 
 
@@ -236,9 +189,42 @@ def validate_config(ctx: Context) -> int:
 @click.pass_obj
 def demo(ctx: Context, keep: bool) -> int:
     """Run a whole nightly run against a simulated lab on this machine (no root needed)."""
-    from orchestrator.demo import run_demo
+    from orchestrator.demo import run_demo  # the only import of the simulated lab
 
     return run_demo(debug=ctx.debug, keep=keep)
+
+
+@cli.command("config-reference")
+@click.option("--example", is_flag=True, help="Print the example config (YAML) instead.")
+@click.option(
+    "--write",
+    "write_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Write DIR/REFERENCE.md and DIR/lab.example.yaml, and print their paths.",
+)
+def config_reference(example: bool, write_dir: str | None) -> int:
+    """Print the config reference (Markdown), generated from the schema; needs no config file."""
+    from pathlib import Path
+
+    from orchestrator import reference
+
+    if write_dir is None:
+        text = reference.example_yaml() if example else reference.reference_markdown()
+        click.echo(text, nl=False)
+        return EXIT_OK
+    if example:
+        raise click.UsageError("--write writes both files; leave out --example")
+    directory = Path(write_dir)
+    for name, text in reference.outputs():
+        path = directory / name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise OrchestratorError(f"{path}: cannot write: {exc}") from None
+        click.echo(str(path))
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,11 +243,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc}", err=True)
         code = exc.exit_code
-    except sqlite3.DatabaseError as exc:
-        if debug:
-            raise
-        click.echo(f"error: {StoreError(f'state store is corrupt or unreadable: {exc}')}", err=True)
-        code = EXIT_FAILED
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

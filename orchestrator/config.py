@@ -1,8 +1,10 @@
 """Load and validate the orchestrator's YAML configuration.
 
-The schema is the pydantic models below; ``config/lab.example.yaml`` documents every key. Every
-problem becomes one ``ConfigError`` line naming the file, the key path and what is wrong, because
-a typo that silently drops a health check would defeat the point of the gate.
+The schema is the pydantic models below, and it documents itself: every field carries a
+description and an example, from which ``orchestrator config-reference`` generates
+``config/REFERENCE.md`` and ``config/lab.example.yaml``. Defaults come from ``defaults``.
+Every problem becomes one ``ConfigError`` line naming the file, the key path and what is
+wrong, because a typo that silently dropped a health check would defeat the point of the gate.
 """
 
 from __future__ import annotations
@@ -10,85 +12,58 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
-from pytimeparse.timeparse import timeparse as parse_timespan
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from health_checks.base import Check, Timeouts
+from health_checks.registry import CHECK_TYPES, AnyCheck
+from health_checks.schema import Argv, ConfigModel, Duration, HostName, Port, PositiveDuration
+from orchestrator import defaults
 from orchestrator.errors import ConfigError
-from orchestrator.paths import DEFAULT_STATE_DIR
 
 MACHINE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
 
 
-def _duration_seconds(value: object) -> float:
-    """Accept ``30s``, ``10m``, ``2h``, ``1h30m`` or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("not a duration (use e.g. 30s, 10m, 2h)")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        parsed = parse_timespan(value.strip())
-        if parsed is None:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 2h)")
-        seconds = float(parsed)
-    else:
-        raise ValueError("not a duration (use e.g. 30s, 10m, 2h)")
-    if seconds < 0:
-        raise ValueError("must not be negative")
-    return seconds
+class CommandStep(ConfigModel):
+    command: Argv = Field(
+        description="argv list run in `flake` (never a shell string).",
+        examples=[list(defaults.UPDATE_COMMAND)],
+    )
+    timeout: PositiveDuration = Field(
+        description="The step is stopped (SIGTERM, then SIGKILL) and the run aborts after this.",
+        examples=["15m"],
+    )
 
 
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be longer than 0s")
-    return seconds
-
-
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not a valid http(s) URL")
-    return value
-
-
-def _argv(value: list[str]) -> list[str]:
-    if not value or not value[0]:
-        raise ValueError("must be a non-empty list: the program, then its arguments")
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_duration_seconds)]
-PositiveDuration = Annotated[float, BeforeValidator(_duration_seconds), AfterValidator(_positive)]
-Argv = Annotated[list[str], AfterValidator(_argv)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class _Model(BaseModel):
-    # Frozen so the engine can pass config around without fear; extra keys are errors.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-
-class CommandStep(_Model):
-    command: Argv
-    timeout: PositiveDuration
-
-
-class SshSettings(_Model):
-    user: str = "root"
-    port: Port = 22
-    identity_file: Path | None = None
-    known_hosts: Path | list[Path] | None = None
-    connect_timeout: PositiveDuration = 5.0
+class SshSettings(ConfigModel):
+    user: str = Field(
+        default=defaults.SSH_USER,
+        description="SSH user; per machine: `machines.<name>.user`.",
+        examples=["root"],
+    )
+    port: Port = Field(
+        default=defaults.SSH_PORT,
+        description="SSH port; per machine: `machines.<name>.port`.",
+        examples=[22],
+    )
+    identity_file: Path | None = Field(
+        default=None,
+        description="Private key; the SSH client's usual keys when unset.",
+        examples=["/var/lib/lab-orchestrator/id_ed25519"],
+    )
+    known_hosts: Path | list[Path] | None = Field(
+        default=None,
+        description="Host keys are always checked. A path or a list; when unset, "
+        "`~/.ssh/known_hosts` and `/etc/ssh/ssh_known_hosts` (what NixOS's "
+        "`programs.ssh.knownHosts` writes), those that exist.",
+        examples=["/etc/ssh/ssh_known_hosts"],
+    )
+    connect_timeout: PositiveDuration = Field(
+        default=defaults.SSH_CONNECT_TIMEOUT,
+        description="Bound on one connect: TCP, SSH handshake and login.",
+        examples=["5s"],
+    )
 
     def known_hosts_files(self) -> list[Path]:
         """Explicit files as given; otherwise the usual locations that exist.
@@ -97,57 +72,209 @@ class SshSettings(_Model):
         usually lacks, while NixOS writes ``programs.ssh.knownHosts`` to the system file.
         """
         if self.known_hosts is None:
-            candidates = [Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")]
+            candidates = [path.expanduser() for path in defaults.KNOWN_HOSTS_FILES]
             return [path for path in candidates if path.is_file()]
         if isinstance(self.known_hosts, list):
             return [path.expanduser() for path in self.known_hosts]
         return [self.known_hosts.expanduser()]
 
 
-class RebootSettings(_Model):
-    command: Argv = ["systemctl", "reboot"]
-    timeout: PositiveDuration = 900.0
-    poll_interval: PositiveDuration = 1.0
-    probe_timeout: PositiveDuration = 2.0
-    stable_passes: Annotated[int, Field(ge=1, le=100)] = 2
-    settle: Duration = 0.0
-    allow_degraded: bool = False
+class RebootSettings(ConfigModel):
+    command: Argv = Field(
+        default=list(defaults.REBOOT_COMMAND),
+        description="Sent over SSH to each remote machine; prefixed with `sudo -n` when the "
+        "SSH user is not root (see nix/target.nix for the matching sudo rule).",
+        examples=[list(defaults.REBOOT_COMMAND)],
+    )
+    timeout: PositiveDuration = Field(
+        default=defaults.REBOOT_TIMEOUT,
+        description="Reboot request to healthy, per machine; then the run aborts.",
+        examples=["15m"],
+    )
+    poll_interval: PositiveDuration = Field(
+        default=defaults.POLL_INTERVAL,
+        description="How often the health gate probes a rebooting machine.",
+        examples=["1s"],
+    )
+    probe_timeout: PositiveDuration = Field(
+        default=defaults.PROBE_TIMEOUT,
+        description="Bound on one probe once connected (a command, an HTTP request, a TCP "
+        "connect); every check's own `timeout` must fit in it. A gate round is bounded by "
+        "`ssh.connect_timeout` + 2 x this.",
+        examples=["2s"],
+    )
+    stable_passes: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=defaults.STABLE_PASSES,
+        description="The gate must pass this many rounds in a row, on one boot id.",
+        examples=[2],
+    )
+    settle: Duration = Field(
+        default=defaults.SETTLE,
+        description="Extra wait after a machine is healthy; `10m` is the original spacing.",
+        examples=["0s"],
+    )
+    allow_degraded: bool = Field(
+        default=False,
+        description="Accept `systemctl is-system-running` = `degraded`.",
+        examples=[False],
+    )
 
 
-class LocalSettings(_Model):
-    reboot_command: Argv = ["systemctl", "reboot"]
-    state_command: Argv = ["systemctl", "is-system-running"]
-    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+class LocalSettings(ConfigModel):
+    reboot_command: Argv = Field(
+        default=list(defaults.REBOOT_COMMAND),
+        description="How the controller reboots itself.",
+        examples=[list(defaults.REBOOT_COMMAND)],
+    )
+    state_command: Argv = Field(
+        default=list(defaults.STATE_COMMAND),
+        description="Prints the controller's system state (`running`, `degraded`, …).",
+        examples=[list(defaults.STATE_COMMAND)],
+    )
+    boot_id_file: Path = Field(
+        default=defaults.BOOT_ID_FILE,
+        description="Where the controller's boot id is read.",
+        examples=[str(defaults.BOOT_ID_FILE)],
+    )
 
 
-class HttpCheck(_Model):
-    url: HttpUrl
-    status: Annotated[int, Field(ge=100, le=599)] = 200
-    body_contains: str | None = None
-    timeout: PositiveDuration = 2.0
-    verify_tls: bool = True
+class Hooks(ConfigModel):
+    on_start: list[Argv] = Field(
+        default=[],
+        description="Commands (argv lists) run when a run starts. Each gets the run summary "
+        "as JSON on stdin and ORCHESTRATOR_RUN_ID, ORCHESTRATOR_STATE and "
+        "ORCHESTRATOR_FAILED_MACHINE in its environment.",
+        examples=[[["logger", "-t", "lab-orchestrator", "run started"]]],
+    )
+    on_done: list[Argv] = Field(
+        default=[],
+        description="Commands run once when a run ends `done`.",
+        examples=[[["/etc/lab-orchestrator/hooks/on-done"]]],
+    )
+    on_abort: list[Argv] = Field(
+        default=[],
+        description="Commands run once when a run ends `aborted`.",
+        examples=[[["/etc/lab-orchestrator/hooks/page-me"]]],
+    )
+    timeout: PositiveDuration = Field(
+        default=defaults.HOOK_TIMEOUT,
+        description="Bound on each hook command. A hook that fails or runs past it is a "
+        "warning in the log; it never changes the run's outcome or exit code.",
+        examples=["1m"],
+    )
 
 
-class Machine(_Model):
-    host: str | None = None
-    user: str | None = None
-    port: Port | None = None
-    local: bool = False
-    checks: list[HttpCheck] = []
+class Machine(ConfigModel):
+    host: HostName | None = Field(
+        default=None,
+        description="Address or DNS name; required unless `local: true`.",
+        examples=["grey-area.local"],
+    )
+    user: str | None = Field(
+        default=None, description="SSH user (default `ssh.user`).", examples=["root"]
+    )
+    port: Port | None = Field(
+        default=None, description="SSH port (default `ssh.port`).", examples=[22]
+    )
+    local: bool = Field(
+        default=False,
+        description="This machine is the controller itself: no SSH, `local.*` instead. At "
+        "most one, and it must be last.",
+        examples=[False],
+    )
+    checks: list[AnyCheck] = Field(
+        default=[],
+        description="Health checks that must pass after the reboot, besides SSH, boot id and "
+        "system state. Each has a `type:` (" + ", ".join(CHECK_TYPES) + "; `http` when "
+        "omitted); see the check types below.",
+        examples=[[{"url": "http://grey-area.local:8080/health", "body_contains": "ok"}]],
+    )
 
 
-class Config(_Model):
-    flake: Path | None = None
-    state_dir: Path = DEFAULT_STATE_DIR
-    log_file: Path | None = None
-    update: CommandStep = CommandStep(command=["lab", "update"], timeout=900.0)
-    deploy: CommandStep = CommandStep(command=["lab", "deploy-all"], timeout=2700.0)
-    ssh: SshSettings = SshSettings()
-    reboot: RebootSettings = RebootSettings()
-    local: LocalSettings = LocalSettings()
-    preflight: bool = True
-    order: list[str] | None = None
-    machines: dict[str, Machine]
+SEED_MACHINES_EXAMPLE = {
+    "sleeper-service": {
+        "host": "sleeper-service.local",
+        "checks": [
+            {"url": "http://sleeper-service.local:8080/health", "body_contains": "ok"},
+            {"type": "systemd", "units": ["nfs-server.service"]},
+        ],
+    },
+    "grey-area": {
+        "host": "grey-area.local",
+        "checks": [
+            {"type": "tcp", "port": 5432},
+            {"type": "command", "command": ["systemctl", "is-active", "--quiet", "nginx"]},
+        ],
+    },
+    "reverse-proxy": {
+        "host": "reverse-proxy.local",
+        "user": "root",
+        "port": 22,
+        "checks": [{"url": "https://reverse-proxy.local/", "status": 200}],
+    },
+    "self": {"local": True},
+}
+
+
+class Config(ConfigModel):
+    flake: Path | None = Field(
+        default=None,
+        description="Working directory of the update and deploy commands (the original "
+        "script's labPath). Default: the directory that holds the config file.",
+        examples=["/home/geir/Home-lab"],
+    )
+    state_dir: Path = Field(
+        default=defaults.STATE_DIR,
+        description="Where the run state (SQLite), the run lock and the run history live.",
+        examples=[str(defaults.STATE_DIR)],
+    )
+    log_file: Path | None = Field(
+        default=None,
+        description="An extra log file; every event also goes to stderr (the journal).",
+        examples=["/var/log/lab-orchestrator.log"],
+    )
+    update: CommandStep = Field(
+        CommandStep(command=list(defaults.UPDATE_COMMAND), timeout=defaults.UPDATE_TIMEOUT),
+        description="Step 1 of a nightly run: update the flake inputs.",
+        examples=[{"command": list(defaults.UPDATE_COMMAND), "timeout": "15m"}],
+    )
+    deploy: CommandStep = Field(
+        CommandStep(command=list(defaults.DEPLOY_COMMAND), timeout=defaults.DEPLOY_TIMEOUT),
+        description="Step 2 of a nightly run: deploy every machine.",
+        examples=[{"command": list(defaults.DEPLOY_COMMAND), "timeout": "45m"}],
+    )
+    ssh: SshSettings = Field(default=SshSettings(), description="How remote machines are reached.")
+    reboot: RebootSettings = Field(
+        RebootSettings(), description="The reboot, and the health gate after it."
+    )
+    local: LocalSettings = Field(
+        LocalSettings(), description="The `local: true` machine (the controller): no SSH."
+    )
+    hooks: Hooks = Field(
+        default=Hooks(), description="Your own commands at the start and end of a run."
+    )
+    preflight: bool = Field(
+        default=True,
+        description="Probe every machine (SSH, boot id, system state, checks) before "
+        "touching anything.",
+        examples=[True],
+    )
+    order: list[str] | None = Field(
+        default=None,
+        description="Reboot order as a list, when the mapping of machines cannot keep order "
+        "(Nix attrsets are sorted). Default: the order of `machines`.",
+        examples=[["sleeper-service", "grey-area", "reverse-proxy", "self"]],
+    )
+    machines: dict[str, Machine] = Field(
+        description="The machines, in reboot order. Names: lowercase letters, digits, `.` and "
+        "`-`. The one `local: true` machine, if any, must be last: it reboots the "
+        "orchestrator itself, and the boot unit's `orchestrator resume` finishes the run.",
+        examples=[SEED_MACHINES_EXAMPLE],
+    )
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return Timeouts(connect=self.ssh.connect_timeout, probe=self.reboot.probe_timeout)
 
 
 class LoadedConfig(BaseModel):
@@ -165,6 +292,10 @@ class LoadedConfig(BaseModel):
             return self.settings.machines[name]
         except KeyError:
             raise ConfigError(f"{self.path}: machines: no machine named {name!r}") from None
+
+    def address(self, name: str) -> str:
+        """How the controller reaches a machine (TCP and other checks default to it)."""
+        return self.machine(name).host or "localhost"
 
     def ssh_target(self, name: str) -> tuple[str, int, str]:
         machine = self.machine(name)
@@ -189,23 +320,29 @@ _MESSAGES = {
     "model_attributes_type": "must be a mapping",
     "string_type": "must be a string",
     "path_type": "must be a path",
+    "literal_error": "wrong check type for these keys",
 }
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
     path = ""
+    previous: int | str | None = None
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("function-after[_argv(), list[str]]",):
-            continue
+        elif isinstance(previous, int) and part in CHECK_TYPES:
+            pass  # the tag of a check's type, which pydantic adds to the location
         else:
             path += f".{part}" if path else str(part)
+        previous = part
     return path or "(top level)"
 
 
 def _describe(error: Any) -> str:
     kind = error["type"]
+    if kind == "unknown_check_type":
+        given = error["input"].get("type") if isinstance(error["input"], dict) else None
+        return f"unknown check type {given!r} (one of: {', '.join(CHECK_TYPES)})"
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
@@ -223,7 +360,19 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
         for part in error["loc"]
         if not (isinstance(part, str) and ("[" in part or part in ("str", "float", "int")))
     )
+    if error["type"] == "unknown_check_type":
+        loc = (*loc, "type")
     return _key_path(loc), _describe(error)
+
+
+def _check_fits(path: Path, name: str, index: int, check: Check, config: Config) -> None:
+    limit = config.reboot.probe_timeout
+    if check.timeout is not None and check.timeout > limit:
+        raise ConfigError(
+            f"{path}: machines.{name}.checks[{index}].timeout: {check.timeout:g}s does not fit "
+            f"in reboot.probe_timeout ({limit:g}s), the bound on one probe; lower it or raise "
+            "reboot.probe_timeout"
+        )
 
 
 def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
@@ -237,10 +386,8 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
             )
         if not machine.local and not machine.host:
             raise ConfigError(f"{path}: machines.{name}.host: required key is missing")
-        if machine.host is not None and (
-            machine.host.startswith("-") or not re.fullmatch(r"[A-Za-z0-9._:\[\]-]+", machine.host)
-        ):
-            raise ConfigError(f"{path}: machines.{name}.host: not a valid host name or address")
+        for index, check in enumerate(machine.checks):
+            _check_fits(path, name, index, check, config)
     order = tuple(config.order) if config.order is not None else tuple(config.machines)
     if config.order is not None:
         unknown = [name for name in config.order if name not in config.machines]

@@ -4,6 +4,9 @@ Read it next to ``states.py``: one handler per phase, each doing exactly the sid
 that state. Every move is committed to the store before the next handler starts, and every
 side effect that cannot be repeated blindly (the reboot) has its intent committed first, so a
 SIGKILL anywhere is finished correctly by ``orchestrator resume``.
+
+Run policy lives here too: ``drive`` starts a run or continues the one in progress, and
+``abort`` stops one — both only through the moves of the state table. The CLI calls them.
 """
 
 from __future__ import annotations
@@ -13,22 +16,32 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from datetime import datetime
+from pathlib import Path
 
+from health_checks.clients import HttpClients
 from health_checks.gate import (
     GateNotPassed,
     GatePolicy,
     GateRound,
-    Probe,
-    gate_round,
+    GateTarget,
+    probe_once,
     wait_until_healthy,
 )
-from health_checks.http import HttpProber
-from orchestrator import commands, remote
-from orchestrator.config import LoadedConfig
-from orchestrator.errors import OrchestratorError, StoreError
+from orchestrator import lock, process, remote, report
+from orchestrator.config import LoadedConfig, load_config
+from orchestrator.errors import ConfigError, LockHeldError, OrchestratorError, StoreError
+from orchestrator.hooks import EventKind, EventPoint, Hook, RunEvent, command_hooks
+from orchestrator.paths import read_state_dir
 from orchestrator.remote import Host, LocalHost, ProbeFailed, SshEndpoint, SshHost
-from orchestrator.states import ABORT, ADVANCE, FINAL_STATES, Phase, StateName, build_machine
+from orchestrator.states import (
+    ABORT,
+    ADVANCE,
+    FINAL_STATES,
+    Phase,
+    RunKind,
+    StateName,
+    build_machine,
+)
 from orchestrator.store import RunRecord, Store, now
 
 log = logging.getLogger("orchestrator")
@@ -50,13 +63,9 @@ class RunModel:
     abort: Callable[..., Awaitable[bool]]
 
 
-def _seconds(start: datetime | None, end: datetime | None) -> str:
-    if start is None or end is None:
-        return "?"
-    return f"{(end - start).total_seconds():.1f}s"
-
-
-def make_host(config: LoadedConfig, name: str, expected_host_key: str | None) -> Host:
+def make_host(
+    config: LoadedConfig, name: str, pinned_key: Callable[[], str | None] = lambda: None
+) -> Host:
     """The one place that decides how a machine is reached: locally or over SSH."""
     settings = config.settings
     if config.machine(name).local:
@@ -73,45 +82,37 @@ def make_host(config: LoadedConfig, name: str, expected_host_key: str | None) ->
         known_hosts=tuple(ssh.known_hosts_files()),
         connect_timeout=ssh.connect_timeout,
     )
-    return SshHost(endpoint, remote.load_known_hosts(endpoint.known_hosts), expected_host_key)
+    known_hosts = remote.load_known_hosts(endpoint.known_hosts)
+    return SshHost(endpoint, known_hosts, settings.reboot.command, pinned_key)
 
 
 def gate_policy(config: LoadedConfig) -> GatePolicy:
     reboot = config.settings.reboot
     return GatePolicy(
         allow_degraded=reboot.allow_degraded,
-        probe_timeout=reboot.probe_timeout,
+        timeouts=config.settings.timeouts,
         poll_interval=reboot.poll_interval,
         stable_passes=reboot.stable_passes,
     )
 
 
-async def probe_once(
-    config: LoadedConfig, host: Host, http: HttpProber, policy: GatePolicy
-) -> GateRound:
-    """One gate round with no "before" boot id: what preflight and ``plan`` ask."""
-    limit = config.settings.ssh.connect_timeout + policy.probe_timeout
-    try:
-        async with asyncio.timeout(limit):
-            return await gate_round(
-                host,
-                config.machine(host.name).checks,
-                http,
-                boot_id_before=None,
-                policy=policy,
-                transient=ProbeFailed,
-            )
-    except TimeoutError:
-        return GateRound((Probe("gate", False, f"no answer within {limit:g}s"),), None, None)
+def gate_target(config: LoadedConfig, host: Host) -> GateTarget:
+    return GateTarget(host, config.address(host.name), config.machine(host.name).checks)
+
+
+def configured_hooks(config: LoadedConfig) -> list[Hook]:
+    hooks = config.settings.hooks
+    return command_hooks(hooks.on_start, hooks.on_done, hooks.on_abort, hooks.timeout)
 
 
 async def plan_probe(config: LoadedConfig) -> dict[str, GateRound]:
     """A live preflight that touches nothing and records nothing."""
-    http = HttpProber()
-    hosts = [make_host(config, name, None) for name in config.machine_order]
+    http = HttpClients()
+    hosts = [make_host(config, name) for name in config.machine_order]
+    policy = gate_policy(config)
     try:
         rounds = await asyncio.gather(
-            *(probe_once(config, h, http, gate_policy(config)) for h in hosts)
+            *(probe_once(gate_target(config, h), http, policy, ProbeFailed) for h in hosts)
         )
     finally:
         await http.aclose()
@@ -121,16 +122,19 @@ async def plan_probe(config: LoadedConfig) -> dict[str, GateRound]:
 
 
 class Engine:
-    def __init__(self, config: LoadedConfig, store: Store, run: RunRecord) -> None:
+    def __init__(
+        self, config: LoadedConfig, store: Store, run: RunRecord, events: EventPoint
+    ) -> None:
         self.config = config
         self.settings = config.settings
         self.store = store
         self.run_id = run.run_id
+        self.events = events
         self.model = RunModel()
         build_machine(self.model, run.kind, run.machine_names, initial=run.state)
         self.policy = gate_policy(config)
         self._hosts: dict[str, Host] = {}
-        self._http = HttpProber()
+        self._http = HttpClients()
         for name in run.machine_names:
             config.machine(name)  # a machine removed from the config since the run began
 
@@ -141,13 +145,16 @@ class Engine:
         return self.store.run(self.run_id)
 
     def host(self, name: str) -> Host:
-        # The key seen in preflight (or before the reboot) is the only one accepted afterwards,
-        # even if known_hosts lists several for the machine.
-        expected = self.record.machine(name).host_key
         if name not in self._hosts:
-            self._hosts[name] = make_host(self.config, name, expected)
-        self._hosts[name].expected_host_key = expected
+            # The key seen in preflight (or before the reboot) is the only one accepted
+            # afterwards, even if known_hosts lists several for the machine.
+            self._hosts[name] = make_host(
+                self.config, name, lambda: self.record.machine(name).host_key
+            )
         return self._hosts[name]
+
+    def target(self, name: str) -> GateTarget:
+        return gate_target(self.config, self.host(name))
 
     async def _fire(self, trigger: str, error: str | None = None) -> None:
         await getattr(self.model, trigger)()
@@ -160,9 +167,13 @@ class Engine:
         if self.store.abort_requested(self.run_id):
             raise RunAborted(f"aborted on request (orchestrator abort) before {where}")
 
+    async def _emit(self, kind: EventKind, machine: str | None = None, **extra: bool) -> None:
+        summary = report.summarize(self.record)
+        await self.events.emit(RunEvent(kind, summary, machine, **extra))
+
     # -- the loop -----------------------------------------------------------------------------
 
-    async def drive(self) -> RunRecord:
+    async def drive(self, *, resumed: bool) -> RunRecord:
         handlers: dict[Phase, Callable[[str | None], Awaitable[None]]] = {
             Phase.PREFLIGHT: self.preflight,
             Phase.UPDATING: self.updating,
@@ -171,6 +182,7 @@ class Engine:
             Phase.VERIFYING: self.verifying,
             Phase.SETTLING: self.settling,
         }
+        await self._emit(EventKind.RUN_STARTED, resumed=resumed)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._http.aclose)
             stack.push_async_callback(self._close_hosts)
@@ -183,14 +195,16 @@ class Engine:
                     # side effect may happen without its intent on disk.
                     raise
                 except OrchestratorError as exc:
-                    # RunAborted, HostKeyChanged, RebootRefused, StepFailed, a missing
+                    # RunAborted, HostKeyChanged, RebootRefused, ProcessFailed, a missing
                     # known_hosts file: each ends the rollout at this machine.
                     machine = getattr(exc, "machine", None) or state.machine
                     await self._end_aborted(str(exc), machine)
                     break
                 await self._fire(ADVANCE)
         record = self.record
-        self._summary(record)
+        for line in report.summary_lines(report.summarize(record)):
+            log.info("summary: %s", line)
+        await report_end(self.store, record, self.events)
         return record
 
     async def _close_hosts(self) -> None:
@@ -199,7 +213,7 @@ class Engine:
 
     async def _end_aborted(self, message: str, machine: str | None) -> None:
         if machine is not None:
-            self.store.update_machine(self.run_id, machine, error=message)
+            self.store.record_machine_error(self.run_id, machine, message)
         log.error("run %d aborted: %s", self.run_id, message)
         await self._fire(ABORT, error=message)
 
@@ -211,36 +225,48 @@ class Engine:
             return
         names = self.record.machine_names
         log.info("preflight: probing %s", ", ".join(names))
-        rounds = await asyncio.gather(*(self._probe_once(name) for name in names))
+        rounds = await asyncio.gather(
+            *(probe_once(self.target(n), self._http, self.policy, ProbeFailed) for n in names)
+        )
         failures = [
             f"{name}: {r.first_failure}"
             for name, r in zip(names, rounds, strict=True)
             if not r.passed
         ]
         for name, result in zip(names, rounds, strict=True):
-            self.store.update_machine(
-                self.run_id, name, host_key=result.host_key, last_probes=result.as_json()
+            self.store.record_probes(
+                self.run_id, name, result.as_json(), host_key=result.host_key, pin_host_key=True
             )
         if failures:
             raise RunAborted("preflight failed, nothing was touched: " + "; ".join(failures))
         log.info("preflight: all %d machines reachable and healthy", len(names))
 
-    async def _probe_once(self, name: str) -> GateRound:
-        return await probe_once(self.config, self.host(name), self._http, self.policy)
-
     async def updating(self, _: str | None) -> None:
         self._check_abort("updating")
-        await commands.run_step("update", self.settings.update, self.config.flake_dir)
+        await self._step("update", self.settings.update.command, self.settings.update.timeout)
 
     async def deploying(self, _: str | None) -> None:
         self._check_abort("deploying")
-        await commands.run_step("deploy", self.settings.deploy, self.config.flake_dir)
+        await self._step("deploy", self.settings.deploy.command, self.settings.deploy.timeout)
+
+    async def _step(self, label: str, argv: list[str], timeout: float) -> None:
+        try:
+            result = await process.run(
+                argv,
+                timeout=timeout,
+                cwd=self.config.flake_dir,
+                label=label,
+                log_output=True,
+            )
+            result.check()
+        except process.ProcessFailed as exc:
+            raise RunAborted(f"{label}: {exc}") from None
+        log.info("%s: done", label)
 
     async def rebooting(self, name: str | None) -> None:
         assert name is not None
         record = self.record.machine(name)
         host = self.host(name)
-        timeout = self.settings.ssh.connect_timeout
         if record.reboot_requested_at is not None and record.boot_id_before is not None:
             if await self._reboot_under_way(name, host, record.boot_id_before):
                 return
@@ -251,11 +277,11 @@ class Engine:
             )
             self._check_abort(f"rebooting {name}")
             self.store.record_reboot_resend(self.run_id, name)
-            await host.request_reboot(self.settings.reboot.command, timeout)
+            await host.request_reboot()
             return
         self._check_abort(f"rebooting {name}")
         try:
-            boot_id = await host.read_boot_id(timeout)
+            boot_id = await host.read_boot_id(self.policy.timeouts.command)
         except ProbeFailed as exc:
             raise RunAborted(f"{name}: cannot read the boot id before rebooting: {exc}") from None
         if boot_id is None:
@@ -265,14 +291,15 @@ class Engine:
             )
         self.store.record_reboot_intent(self.run_id, name, boot_id, host.host_key)
         log.info("%s: rebooting (boot id %s)", name, boot_id)
-        await host.request_reboot(self.settings.reboot.command, timeout)
+        await host.request_reboot()
         log.info("%s: reboot requested", name)
+        await self._emit(EventKind.MACHINE_REBOOTING, name)
 
     async def _reboot_under_way(self, name: str, host: Host, boot_id_before: str) -> bool:
         """After an interruption between saving the intent and the next state: did the reboot
         request get through? A host that is unreachable, on a new boot id, or shutting down
         ("stopping") got it; one still ``running`` on the old boot id did not."""
-        timeout = self.settings.ssh.connect_timeout
+        timeout = self.policy.timeouts.command
         try:
             boot_id = await host.read_boot_id(timeout)
             state = await host.system_state(timeout) if boot_id == boot_id_before else None
@@ -293,7 +320,6 @@ class Engine:
         assert name is not None
         record = self.record.machine(name)
         assert record.boot_id_before is not None
-        host = self.host(name)
         reboot = self.settings.reboot
         started = time.monotonic()
         last_logged: list[str] = []
@@ -303,7 +329,7 @@ class Engine:
             summary = "passed" if failure is None else str(failure)
             if not last_logged or last_logged[-1] != summary:
                 last_logged.append(summary)
-                self.store.update_machine(self.run_id, name, last_probes=result.as_json())
+                self.store.record_probes(self.run_id, name, result.as_json())
                 if failure is not None:
                     log.info("%s: waiting: %s", name, summary)
             if self.store.abort_requested(self.run_id):
@@ -315,8 +341,7 @@ class Engine:
 
         try:
             result = await wait_until_healthy(
-                host,
-                self.config.machine(name).checks,
+                self.target(name),
                 self._http,
                 boot_id_before=record.boot_id_before,
                 policy=self.policy,
@@ -332,19 +357,22 @@ class Engine:
                 name,
             ) from None
         healthy_at = now()
-        self.store.update_machine(
+        self.store.record_healthy(
             self.run_id,
             name,
             boot_id_after=result.boot_id,
             healthy_at=healthy_at,
-            last_probes=result.as_json(),
-            error=None,
+            probes=result.as_json(),
         )
-        since = _seconds(record.reboot_requested_at, healthy_at)
+        took = report.seconds_between(record.reboot_requested_at, healthy_at)
         log.info(
-            "%s: healthy on boot id %s, %s after the reboot request", name, result.boot_id, since
+            "%s: healthy on boot id %s, %.1fs after the reboot request",
+            name,
+            result.boot_id,
+            took or 0.0,
         )
-        host.drop()
+        self.host(name).drop()
+        await self._emit(EventKind.MACHINE_HEALTHY, name)
 
     async def settling(self, name: str | None) -> None:
         assert name is not None
@@ -361,30 +389,104 @@ class Engine:
             await asyncio.sleep(min(remaining, self.settings.reboot.poll_interval))
             remaining = settle - (now() - healthy_at).total_seconds()
 
-    # -- the end ------------------------------------------------------------------------------
 
-    def _summary(self, record: RunRecord) -> None:
-        end = record.finished_at or now()
+async def report_end(store: Store, record: RunRecord, events: EventPoint) -> None:
+    """Tell the hooks a run ended, once: the store remembers that it was told, so a run whose
+    process died between its final state and this is reported by the next start or resume."""
+    if not record.finished or record.end_reported_at is not None:
+        return
+    await events.emit(RunEvent(EventKind.RUN_FINISHED, report.summarize(record)))
+    store.record_end_reported(record.run_id)
+
+
+# -- run policy: what the CLI calls -----------------------------------------------------------
+
+
+async def _drive(
+    config: LoadedConfig, store: Store, start: RunKind | None, only: str | None
+) -> RunRecord | None:
+    events = EventPoint(configured_hooks(config))
+    owed = store.unreported_end()
+    if owed is not None:
         log.info(
-            "summary: run %d (%s) %s after %s",
-            record.run_id,
-            record.kind,
-            record.state,
-            _seconds(record.started_at, end),
+            "run %d ended %s before its end was reported; reporting it", owed.run_id, owed.state
         )
-        for machine in record.machines:
-            if machine.healthy_at is not None:
-                took = _seconds(machine.reboot_requested_at, machine.healthy_at)
-                what = (
-                    f"rebooted, healthy {took} after the request "
-                    f"(boot id {machine.boot_id_before} -> {machine.boot_id_after})"
-                )
-            elif machine.error:
-                what = f"FAILED: {machine.error}"
-            elif machine.reboot_requested_at is not None:
-                what = "reboot requested, not verified"
-            else:
-                what = "not rebooted"
-            log.info("summary: %s: %s", machine.name, what)
-        if record.error:
-            log.info("summary: error: %s", record.error)
+        await report_end(store, owed, events)
+    run = store.active_run()
+    if run is not None:
+        if start is RunKind.REBOOT:
+            raise OrchestratorError(
+                f"run {run.run_id} is in progress ({run.state}); let it finish "
+                "or stop it with `orchestrator abort` first"
+            )
+        log.info(
+            "run %d: continuing from %s (started %s)",
+            run.run_id,
+            run.state,
+            run.started_at.isoformat(timespec="seconds"),
+        )
+        return await Engine(config, store, run, events).drive(resumed=True)
+    if start is None:
+        return None
+    names = [only] if only else list(config.machine_order)
+    machines = [(name, config.machine(name).local) for name in names]
+    run = store.create_run(start, machines, config.path)
+    log.info("run %d: %s run of %s", run.run_id, start.value, " -> ".join(names))
+    return await Engine(config, store, run, events).drive(resumed=False)
+
+
+def drive(config: LoadedConfig, start: RunKind | None, only: str | None = None) -> RunRecord | None:
+    """Start a run of kind ``start`` or continue the one in progress (``start=None``: only
+    continue). Returns the run as it ended, or None when there was nothing to continue.
+    One run at a time: the run lock is held throughout."""
+    if only is not None:
+        config.machine(only)
+    state_dir = config.settings.state_dir
+    with lock.exclusive(state_dir), Store.open(state_dir) as store:
+        return asyncio.run(_drive(config, store, start, only))
+
+
+def abort(config_path: Path) -> str:
+    """Stop the run in progress; returns what happened, in one line.
+
+    With a live orchestrator the request is recorded and that process stops at its next safe
+    point. With none (e.g. the run waits for the controller's boot-time resume) the run moves
+    to ``aborted`` here, by the state table's ``abort`` trigger, and its end is reported.
+    """
+    state_dir = read_state_dir(config_path)
+    try:
+        store = Store.open(state_dir, create=False)
+    except FileNotFoundError:
+        return "no run in progress"
+    with store:
+        run = store.active_run()
+        if run is None:
+            return "no run in progress"
+        try:
+            with lock.exclusive(state_dir):
+                return asyncio.run(_abort_idle(config_path, store, run))
+        except LockHeldError:
+            store.request_abort(run.run_id)
+            pid = lock.holder_pid(state_dir)
+            return (
+                f"abort requested: run {run.run_id} (PID {pid or '?'}, now {run.state}) stops "
+                "at the next safe point; it will not send another reboot"
+            )
+
+
+async def _abort_idle(config_path: Path, store: Store, run: RunRecord) -> str:
+    message = f"aborted on request (orchestrator abort) in {run.state}"
+    store.request_abort(run.run_id)
+    model = RunModel()
+    build_machine(model, run.kind, run.machine_names, initial=run.state)
+    await model.abort()
+    store.set_state(run.run_id, model.state, error=message)
+    done = f"run {run.run_id} aborted (no orchestrator was running it)"
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        # The abort stands; the hooks hear of it from the next run or resume that can load it.
+        log.warning("warning: on_abort hooks not run now: %s", exc)
+        return done
+    await report_end(store, store.run(run.run_id), EventPoint(configured_hooks(config)))
+    return done

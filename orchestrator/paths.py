@@ -11,10 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator import defaults
 from orchestrator.errors import ConfigError
-
-DEFAULT_CONFIG_PATH = Path("/etc/lab-orchestrator/config.yaml")
-DEFAULT_STATE_DIR = Path("/var/lib/lab-orchestrator")
 
 
 def load_yaml(text: str) -> object:
@@ -28,11 +26,10 @@ def config_path(option: str | None, environ: Mapping[str, str]) -> Path:
         return Path(option)
     if environ.get("ORCHESTRATOR_CONFIG"):
         return Path(environ["ORCHESTRATOR_CONFIG"])
-    return DEFAULT_CONFIG_PATH
+    return defaults.CONFIG_PATH
 
 
 def read_state_dir(path: Path) -> Path:
-    default = DEFAULT_STATE_DIR
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -41,7 +38,9 @@ def read_state_dir(path: Path) -> Path:
         ) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    value = raw.get("state_dir", default) if isinstance(raw, dict) else default
+    value = (
+        raw.get("state_dir", defaults.STATE_DIR) if isinstance(raw, dict) else defaults.STATE_DIR
+    )
     if not isinstance(value, str | Path):
         raise ConfigError(f"{path}: state_dir: must be a path")
     return Path(value).expanduser()

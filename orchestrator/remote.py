@@ -1,12 +1,14 @@
 """Every side effect on a machine, behind a few narrow functions.
 
-``SshHost`` talks to a remote machine with asyncssh; ``LocalHost`` does the same three things on
-the controller itself without SSH. Both offer ``read_boot_id``, ``system_state`` and
-``request_reboot``, which is all the engine and the health gate need.
+``SshHost`` talks to a remote machine with asyncssh; ``LocalHost`` does the same on the
+controller itself, through the process runner. Both satisfy one ``Host`` protocol: ``run``
+(the one way a command reaches a machine) and the thin callers built on it, ``read_boot_id``,
+``system_state`` and ``request_reboot``, which is all the engine and the health gate need.
 
 asyncssh pitfalls handled here (see STYLE.md): host keys are always checked against explicit
-known_hosts files; connect, login and every command have a deadline; ``run()`` does not raise
-when the connection drops mid-command (``exit_status is None``), so that is checked by hand.
+known_hosts files; connect, login and every command share one deadline; a connection that
+drops mid-command leaves ``exit_status`` at None, which is checked by hand; output is read
+with a cap rather than buffered whole.
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ import shlex
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
+from orchestrator import defaults, process
 from orchestrator.errors import OrchestratorError
+from orchestrator.process import CappedOutput, Completed
 
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-READ_BOOT_ID = ["cat", BOOT_ID_PATH]
-SYSTEM_STATE = ["systemctl", "is-system-running"]
+READ_BOOT_ID = ["cat", str(defaults.BOOT_ID_FILE)]
+SYSTEM_STATE = list(defaults.STATE_COMMAND)
+# A boot id is 37 bytes, a system state one word: never keep more than a probe needs.
+BOOT_ID_MAX_OUTPUT = 64
+STATE_MAX_OUTPUT = 1024
+REBOOT_MAX_OUTPUT = 4096
+PROBE_KILL_GRACE = 0.5
 # A reboot command that has not answered by then was delivered; the host is going down.
 REBOOT_COMMAND_TIMEOUT = 30.0
 # While a machine is dark its SYNs are dropped and Linux resends one only after 1 s, then 3 s:
@@ -42,6 +50,10 @@ log = logging.getLogger("orchestrator")
 
 class ProbeFailed(Exception):
     """A transient failure: the host may simply not be back yet."""
+
+
+class ConnectFailed(ProbeFailed):
+    """No connection, so the command was certainly not sent."""
 
 
 class HostKeyChanged(OrchestratorError):
@@ -159,22 +171,62 @@ def load_known_hosts(files: Sequence[Path]) -> asyncssh.SSHKnownHosts:
         raise OrchestratorError(f"ssh.known_hosts: cannot read: {exc}") from None
 
 
+class Host(Protocol):
+    """A machine the engine and the gate act on: remote over SSH, or the controller."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def host_key(self) -> str | None: ...
+
+    async def run(
+        self, argv: Sequence[str], timeout: float, max_output: int = ...
+    ) -> Completed: ...
+    async def read_boot_id(self, timeout: float) -> str | None: ...
+    async def system_state(self, timeout: float) -> str: ...
+    async def request_reboot(self) -> None: ...
+    def drop(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _refused(name: str, result: Completed) -> RebootRefused:
+    try:
+        result.check()
+    except process.ProcessFailed as exc:
+        return RebootRefused(f"{name}: {exc}")
+    raise AssertionError("only called for a failed command")
+
+
 class SshHost:
     """One remote machine. Keeps a single connection open between probes and reconnects when
-    it drops, so a healthy host costs one command round-trip per poll, not a handshake."""
+    it drops, so a healthy host costs one command round-trip per poll, not a handshake.
+
+    ``pinned_key`` gives the fingerprint seen before (in preflight, before the reboot), the
+    only one accepted afterwards even when known_hosts lists several for the machine."""
 
     def __init__(
         self,
         endpoint: SshEndpoint,
         known_hosts: asyncssh.SSHKnownHosts,
-        expected_host_key: str | None,
+        reboot_command: Sequence[str],
+        pinned_key: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.endpoint = endpoint
-        self.name = endpoint.name
         self._known_hosts = known_hosts
-        self.expected_host_key = expected_host_key
-        self.host_key: str | None = None
+        self._pinned_key = pinned_key
+        self._reboot_argv = list(reboot_command)
+        if endpoint.user != "root":
+            self._reboot_argv = ["sudo", "-n", *self._reboot_argv]
+        self._host_key: str | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    @property
+    def host_key(self) -> str | None:
+        return self._host_key
 
     async def _connection(self, timeout: float) -> asyncssh.SSHClientConnection:
         if self._conn is not None and not self._conn.is_closed():
@@ -210,64 +262,75 @@ class SshHost:
                 "machine was reinstalled, update known_hosts and run again"
             ) from None
         except (OSError, TimeoutError, asyncssh.Error) as exc:
-            raise ProbeFailed(f"ssh: {_reason(exc)}") from None
+            raise ConnectFailed(f"ssh: {_reason(exc)}") from None
         server_key = conn.get_server_host_key()
         fingerprint = server_key.get_fingerprint() if server_key is not None else None
-        if self.expected_host_key and fingerprint != self.expected_host_key:
+        pinned = self._pinned_key()
+        if pinned and fingerprint != pinned:
             conn.abort()
             raise HostKeyChanged(
                 f"{self.name}: came back with a different SSH host key ({fingerprint}, "
-                f"was {self.expected_host_key}); refusing to run any command on it"
+                f"was {pinned}); refusing to run any command on it"
             )
-        self.host_key = fingerprint
+        self._host_key = fingerprint
         self._conn = conn
         return conn
 
-    async def _run(self, argv: Sequence[str], timeout: float) -> asyncssh.SSHCompletedProcess:
-        # The remote side always goes through the user's shell; shlex.join makes every argument
-        # a single literal word there, so nothing from the config is ever interpreted.
+    async def run(
+        self, argv: Sequence[str], timeout: float, max_output: int = process.DEFAULT_MAX_OUTPUT
+    ) -> Completed:
+        """The only way a command reaches a remote machine.
+
+        One deadline covers connecting (when the connection is not open) and the command.
+        The remote side always goes through the user's shell; ``shlex.join`` makes every word
+        a single literal there, so the machine runs exactly the configured argv. Each stream
+        keeps at most ``max_output`` bytes. Raises ``ConnectFailed`` when the command was not
+        sent and ``ProbeFailed`` when it was but no exit status came back.
+        """
+        deadline = time.monotonic() + timeout
         conn = await self._connection(timeout)
+        command = shlex.join(argv)
+        stdout, stderr = CappedOutput(max_output), CappedOutput(max_output)
         try:
-            async with asyncio.timeout(timeout):
-                result = await conn.run(shlex.join(argv), check=False)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                async with conn.create_process(
+                    command, stdin=asyncssh.DEVNULL, encoding=None
+                ) as remote:
+                    await asyncio.gather(
+                        _drain(remote.stdout, stdout), _drain(remote.stderr, stderr)
+                    )
+                    await remote.wait_closed()
+                    status = remote.exit_status
         except (OSError, TimeoutError, asyncssh.Error) as exc:
             self.drop()
-            raise ProbeFailed(f"ssh: {shlex.join(argv)}: {_reason(exc)}") from None
-        if result.exit_status is None:
+            raise ProbeFailed(f"ssh: {command}: {_reason(exc)}") from None
+        if status is None:
             self.drop()
-            raise ProbeFailed(f"ssh: connection lost during {shlex.join(argv)}")
-        return result
+            raise ProbeFailed(f"ssh: connection lost during {command}")
+        return Completed(tuple(argv), status, stdout.text(), stderr.text())
 
     async def read_boot_id(self, timeout: float) -> str | None:
-        result = await self._run(READ_BOOT_ID, timeout)
-        return parse_boot_id(str(result.stdout)) if result.exit_status == 0 else None
+        result = await self.run(READ_BOOT_ID, timeout, BOOT_ID_MAX_OUTPUT)
+        return parse_boot_id(result.stdout) if result.returncode == 0 else None
 
     async def system_state(self, timeout: float) -> str:
         # is-system-running exits non-zero for anything but "running": read its word instead.
-        result = await self._run(SYSTEM_STATE, timeout)
-        return str(result.stdout).strip() or f"unknown (exit {result.exit_status})"
+        result = await self.run(SYSTEM_STATE, timeout, STATE_MAX_OUTPUT)
+        return result.stdout.strip() or f"unknown (exit {result.returncode})"
 
-    async def request_reboot(self, command: Sequence[str], timeout: float) -> None:
-        argv = list(command)
-        if self.endpoint.user != "root":
-            argv = ["sudo", "-n", *argv]
-        conn = await self._connection(timeout)
+    async def request_reboot(self) -> None:
         try:
-            async with asyncio.timeout(REBOOT_COMMAND_TIMEOUT):
-                result = await conn.run(shlex.join(argv), check=False)
-        except (OSError, TimeoutError, asyncssh.Error) as exc:
+            result = await self.run(self._reboot_argv, REBOOT_COMMAND_TIMEOUT, REBOOT_MAX_OUTPUT)
+        except ConnectFailed as exc:
+            raise RebootRefused(f"{self.name}: cannot send the reboot: {exc}") from None
+        except ProbeFailed as exc:
             # The host going down under us is the expected outcome of a reboot.
-            log.debug("%s: reboot command ended with %s", self.name, _reason(exc))
+            log.debug("%s: reboot command ended with %s", self.name, exc)
+            return
+        finally:
             self.drop()
-            return
-        self.drop()
-        if result.exit_status is None or result.exit_status == 0:
-            return
-        detail = (str(result.stderr).strip() or str(result.stdout).strip()).splitlines()
-        raise RebootRefused(
-            f"{self.name}: `{shlex.join(argv)}` failed with exit code {result.exit_status}"
-            + (f": {detail[-1]}" if detail else "")
-        )
+        if result.returncode != 0:
+            raise _refused(self.name, result)
 
     def drop(self) -> None:
         if self._conn is not None:
@@ -278,11 +341,13 @@ class SshHost:
         self.drop()
 
 
-class LocalHost:
-    """The controller itself: the same three operations, without SSH."""
+async def _drain(stream: asyncssh.SSHReader[bytes], sink: CappedOutput) -> None:
+    while chunk := await stream.read(65536):
+        sink.feed(chunk)
 
-    host_key: str | None = None
-    expected_host_key: str | None = None
+
+class LocalHost:
+    """The controller itself: the same operations, through the process runner."""
 
     def __init__(
         self,
@@ -291,59 +356,51 @@ class LocalHost:
         state_command: Sequence[str],
         reboot_command: Sequence[str],
     ) -> None:
-        self.name = name
+        self._name = name
         self.boot_id_file = boot_id_file
         self.state_command = list(state_command)
         self.reboot_command = list(reboot_command)
 
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def host_key(self) -> str | None:
+        return None  # reached without SSH: there is no host key to pin
+
+    async def run(
+        self, argv: Sequence[str], timeout: float, max_output: int = process.DEFAULT_MAX_OUTPUT
+    ) -> Completed:
+        try:
+            # A probe's deadline is short: a child that ignores SIGTERM must not stretch it.
+            return await process.run(
+                argv, timeout=timeout, max_output=max_output, grace=PROBE_KILL_GRACE
+            )
+        except process.ProcessFailed as exc:
+            raise ProbeFailed(str(exc)) from None
+
     async def read_boot_id(self, timeout: float) -> str | None:
         try:
-            return parse_boot_id(self.boot_id_file.read_text())
+            with self.boot_id_file.open("rb") as boot_id:
+                return parse_boot_id(boot_id.read(BOOT_ID_MAX_OUTPUT).decode(errors="replace"))
         except OSError as exc:
             raise ProbeFailed(f"boot id: {self.boot_id_file}: {exc.strerror}") from None
 
-    async def _exec(self, argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            raise ProbeFailed(f"{shlex.join(argv)}: {exc.strerror or exc}") from None
-        try:
-            async with asyncio.timeout(timeout):
-                stdout, stderr = await process.communicate()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise ProbeFailed(f"{shlex.join(argv)}: timed out") from None
-        assert process.returncode is not None
-        return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
-
     async def system_state(self, timeout: float) -> str:
-        status, stdout, _ = await self._exec(self.state_command, timeout)
-        return stdout.strip() or f"unknown (exit {status})"
+        result = await self.run(self.state_command, timeout, STATE_MAX_OUTPUT)
+        return result.stdout.strip() or f"unknown (exit {result.returncode})"
 
-    async def request_reboot(self, command: Sequence[str], timeout: float) -> None:
-        del command  # the local machine has its own command (local.reboot_command)
+    async def request_reboot(self) -> None:
         try:
-            status, stdout, stderr = await self._exec(self.reboot_command, REBOOT_COMMAND_TIMEOUT)
+            result = await self.run(self.reboot_command, REBOOT_COMMAND_TIMEOUT, REBOOT_MAX_OUTPUT)
         except ProbeFailed as exc:
             raise RebootRefused(f"{self.name}: {exc}") from None
-        if status != 0:
-            detail = (stderr.strip() or stdout.strip()).splitlines()
-            raise RebootRefused(
-                f"{self.name}: `{shlex.join(self.reboot_command)}` failed with exit code {status}"
-                + (f": {detail[-1]}" if detail else "")
-            )
+        if result.returncode != 0:
+            raise _refused(self.name, result)
 
     def drop(self) -> None:
-        pass
+        pass  # no connection to drop
 
     async def close(self) -> None:
         pass
-
-
-Host = SshHost | LocalHost

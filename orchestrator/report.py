@@ -1,61 +1,173 @@
-"""What ``status``, ``history`` and ``status --json`` show. Imports nothing heavy on purpose:
-``orchestrator status`` reads the store and prints, nothing more."""
+"""The one account of a run: each machine's outcome, the summary lines, and what ``status``,
+``status --json`` and ``history`` show. The engine's end-of-run ``summary:`` lines and the
+hooks' JSON come from ``summarize`` too, so a machine's outcome is worded in exactly one place.
+
+Imports nothing heavy on purpose: ``orchestrator status`` reads the store and prints.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from orchestrator.states import Phase, machine_state
 from orchestrator.store import MachineRecord, RunRecord, iso, now
 
 
-def _machine_status(run: RunRecord, machine: MachineRecord) -> str:
+class Outcome(StrEnum):
+    PENDING = "pending"  # the run has not reached it yet
+    REBOOTING = "rebooting"
+    VERIFYING = "verifying"
+    SETTLING = "settling"
+    HEALTHY = "healthy"  # rebooted and proven back
+    FAILED = "failed"  # stopped the rollout
+    UNVERIFIED = "unverified"  # reboot requested, run ended before it was proven back
+    UNTOUCHED = "untouched"  # the run ended before reaching it
+
+
+def machine_outcome(run: RunRecord, machine: MachineRecord) -> Outcome:
     if run.state == Phase.ABORTED.value:
         if machine.healthy_at is not None:
-            return "healthy"
+            return Outcome.HEALTHY
         if machine.error:
-            return "failed"
+            return Outcome.FAILED
         if machine.reboot_requested_at is not None:
-            return "unverified"
-        return "untouched"
-    return machine_state(run.state, run.kind, run.machine_names, machine.name)
+            return Outcome.UNVERIFIED
+        return Outcome.UNTOUCHED
+    return Outcome(machine_state(run.state, run.kind, run.machine_names, machine.name))
 
 
-def _duration(start: datetime | None, end: datetime | None) -> float | None:
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start).total_seconds(), 3)
 
 
+def _took(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:.1f}s"
+
+
+@dataclass(frozen=True)
+class MachineSummary:
+    name: str
+    local: bool
+    outcome: str
+    boot_id_before: str | None
+    boot_id_after: str | None
+    reboot_requested_at: str | None
+    healthy_at: str | None
+    reboot_to_healthy_s: float | None
+    error: str | None
+    last_failing_probe: str | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did, as plain JSON-ready data: logged at the end, given to every hook."""
+
+    run_id: int
+    kind: str
+    state: str
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    error: str | None
+    failed_machine: str | None
+    machines: tuple[MachineSummary, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _failing_probe(machine: MachineRecord) -> str | None:
+    failing = [f"{p['probe']}: {p['detail']}" for p in machine.last_probes if not p["ok"]]
+    return failing[0] if failing else None
+
+
+def summarize(run: RunRecord) -> RunSummary:
+    machines = tuple(
+        MachineSummary(
+            name=machine.name,
+            local=machine.local,
+            outcome=machine_outcome(run, machine).value,
+            boot_id_before=machine.boot_id_before,
+            boot_id_after=machine.boot_id_after,
+            reboot_requested_at=iso(machine.reboot_requested_at),
+            healthy_at=iso(machine.healthy_at),
+            reboot_to_healthy_s=seconds_between(machine.reboot_requested_at, machine.healthy_at),
+            error=machine.error,
+            last_failing_probe=_failing_probe(machine),
+        )
+        for machine in run.machines
+    )
+    stopped_by = (Outcome.FAILED.value, Outcome.UNVERIFIED.value)
+    failed = next((m.name for m in machines if m.outcome in stopped_by), None)
+    return RunSummary(
+        run_id=run.run_id,
+        kind=run.kind.value,
+        state=run.state,
+        started_at=iso(run.started_at),
+        finished_at=iso(run.finished_at),
+        duration_s=seconds_between(run.started_at, run.finished_at or now()),
+        error=run.error,
+        failed_machine=failed if run.state == Phase.ABORTED.value else None,
+        machines=machines,
+    )
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """The ``summary:`` lines the engine logs when a run stops."""
+    lines = [
+        f"run {summary.run_id} ({summary.kind}) {summary.state} after {_took(summary.duration_s)}"
+    ]
+    for machine in summary.machines:
+        detail = ""
+        if machine.outcome == Outcome.HEALTHY:
+            detail = (
+                f": {_took(machine.reboot_to_healthy_s)} after the reboot request "
+                f"(boot id {machine.boot_id_before} -> {machine.boot_id_after})"
+            )
+        elif machine.outcome == Outcome.FAILED:
+            detail = f": {machine.error}"
+        elif machine.outcome == Outcome.UNVERIFIED:
+            detail = ": reboot requested, not proven back"
+        lines.append(f"{machine.name}: {machine.outcome}{detail}")
+    if summary.error:
+        lines.append(f"error: {summary.error}")
+    return lines
+
+
 def status_json(run: RunRecord | None) -> dict[str, Any]:
     if run is None:
         return {"run_id": None, "state": None, "machines": []}
+    summary = summarize(run)
     return {
         "run_id": run.run_id,
         "kind": run.kind.value,
         "state": run.state,
-        "started_at": iso(run.started_at),
-        "finished_at": iso(run.finished_at),
-        "duration_s": _duration(run.started_at, run.finished_at or now()),
+        "started_at": summary.started_at,
+        "finished_at": summary.finished_at,
+        "duration_s": summary.duration_s,
         "error": run.error,
         "abort_requested_at": iso(run.abort_requested_at),
         "machines": [
             {
                 "name": machine.name,
                 "local": machine.local,
-                "state": _machine_status(run, machine),
+                "state": brief.outcome,
                 "boot_id_before": machine.boot_id_before,
                 "boot_id_after": machine.boot_id_after,
-                "reboot_requested_at": iso(machine.reboot_requested_at),
-                "healthy_at": iso(machine.healthy_at),
-                "reboot_to_healthy_s": _duration(machine.reboot_requested_at, machine.healthy_at),
+                "reboot_requested_at": brief.reboot_requested_at,
+                "healthy_at": brief.healthy_at,
+                "reboot_to_healthy_s": brief.reboot_to_healthy_s,
                 "host_key": machine.host_key,
                 "error": machine.error,
                 "last_probes": machine.last_probes,
             }
-            for machine in run.machines
+            for machine, brief in zip(run.machines, summary.machines, strict=True)
         ],
     }
 
@@ -99,7 +211,7 @@ def status_text(run: RunRecord | None) -> None:
 def history_lines(runs: list[RunRecord]) -> list[str]:
     lines = []
     for run in runs:
-        took = _duration(run.started_at, run.finished_at)
+        took = seconds_between(run.started_at, run.finished_at)
         lines.append(
             f"{run.run_id:>5}  {iso(run.started_at)}  {run.kind.value:<7}  {run.state:<28}  "
             + (f"{took:>8.1f}s" if took is not None else "         -")

@@ -16,12 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from orchestrator.errors import StoreError
 from orchestrator.states import FINAL_STATES, Phase, RunKind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FILE = "state.db"
 
 _SCHEMA = """
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT,
     error TEXT,
     abort_requested_at TEXT,
-    config_path TEXT NOT NULL
+    config_path TEXT NOT NULL,
+    end_reported_at TEXT
 );
 CREATE TABLE IF NOT EXISTS machines (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -98,6 +100,9 @@ class RunRecord:
     abort_requested_at: datetime | None
     config_path: str
     machines: tuple[MachineRecord, ...]
+    # When the end of the run was reported to the hooks; None on a finished run means the
+    # report is still owed (the process died between the final state and the hooks).
+    end_reported_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -112,9 +117,23 @@ class RunRecord:
 
 
 class Store:
+    """The run store. Use it as a context manager (``with Store.open(...) as store``) so the
+    connection is closed on every path; every SQLite error becomes one ``StoreError`` line."""
+
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self._db = connection
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
     @classmethod
     def open(cls, state_dir: Path, *, create: bool = True) -> Store:
@@ -204,12 +223,19 @@ class Store:
         if row[0] < 2:
             return False
         version = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if version is not None and int(version[0]) != SCHEMA_VERSION:
+        if version is not None and int(version[0]) not in _READABLE_VERSIONS:
             raise sqlite3.DatabaseError(f"unknown schema version {version[0]}")
         return version is not None
 
     def close(self) -> None:
         self._db.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read state store {self.path}: {exc}") from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -237,6 +263,12 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                # Version 2 remembers whether a run's end was reported to the hooks; runs that
+                # ended before it existed count as reported, so no old run fires a hook now.
+                db.execute("ALTER TABLE runs ADD COLUMN end_reported_at TEXT")
+                db.execute("UPDATE runs SET end_reported_at = finished_at")
+                db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
                 raise sqlite3.DatabaseError(f"unknown schema version {row[0]}")
 
@@ -281,35 +313,60 @@ class Store:
             )
 
     def abort_requested(self, run_id: int) -> bool:
-        row = self._db.execute(
-            "SELECT abort_requested_at FROM runs WHERE run_id=?", (run_id,)
-        ).fetchone()
+        with self._read() as db:
+            row = db.execute(
+                "SELECT abort_requested_at FROM runs WHERE run_id=?", (run_id,)
+            ).fetchone()
         return row is not None and row[0] is not None
 
     # -- machines -----------------------------------------------------------------------------
 
-    def update_machine(self, run_id: int, name: str, **fields: Any) -> None:
-        allowed = {
-            "host_key",
-            "boot_id_before",
-            "boot_id_after",
-            "reboot_requested_at",
-            "healthy_at",
-            "error",
-            "last_probes",
-        }
-        assert set(fields) <= allowed, fields
-        values = {
-            key: iso(value) if isinstance(value, datetime) else value
-            for key, value in fields.items()
-        }
-        if "last_probes" in values:
-            values["last_probes"] = json.dumps(values["last_probes"])
-        assignments = ", ".join(f"{key}=:{key}" for key in values)
+    def record_probes(
+        self,
+        run_id: int,
+        name: str,
+        probes: list[dict[str, object]],
+        *,
+        host_key: str | None = None,
+        pin_host_key: bool = False,
+    ) -> None:
+        """The last gate round of a machine; with ``pin_host_key`` (preflight) also the SSH
+        host key it presented, the only one accepted from then on."""
         with self._write() as db:
             db.execute(
-                f"UPDATE machines SET {assignments} WHERE run_id=:run_id AND name=:name",
-                {**values, "run_id": run_id, "name": name},
+                "UPDATE machines SET last_probes=?,"
+                " host_key=CASE WHEN ? THEN ? ELSE host_key END"
+                " WHERE run_id=? AND name=?",
+                (json.dumps(probes), int(pin_host_key), host_key, run_id, name),
+            )
+
+    def record_healthy(
+        self,
+        run_id: int,
+        name: str,
+        *,
+        boot_id_after: str | None,
+        healthy_at: datetime,
+        probes: list[dict[str, object]],
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET boot_id_after=?, healthy_at=?, last_probes=?, error=NULL"
+                " WHERE run_id=? AND name=?",
+                (boot_id_after, iso(healthy_at), json.dumps(probes), run_id, name),
+            )
+
+    def record_machine_error(self, run_id: int, name: str, error: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET error=? WHERE run_id=? AND name=?", (error, run_id, name)
+            )
+
+    def record_end_reported(self, run_id: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET end_reported_at=COALESCE(end_reported_at, ?) WHERE run_id=?",
+                (iso(now()), run_id),
             )
 
     def record_reboot_intent(
@@ -335,60 +392,84 @@ class Store:
     # -- reading ------------------------------------------------------------------------------
 
     def run(self, run_id: int) -> RunRecord:
-        row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"state store {self.path}: no run {run_id}")
-        machines = self._db.execute(
-            "SELECT * FROM machines WHERE run_id=? ORDER BY position", (run_id,)
-        ).fetchall()
-        return RunRecord(
-            run_id=row["run_id"],
-            kind=RunKind(row["kind"]),
-            state=row["state"],
-            started_at=datetime.fromisoformat(row["started_at"]),
-            finished_at=parse_iso(row["finished_at"]),
-            error=row["error"],
-            abort_requested_at=parse_iso(row["abort_requested_at"]),
-            config_path=row["config_path"],
-            machines=tuple(
-                MachineRecord(
-                    run_id=machine["run_id"],
-                    position=machine["position"],
-                    name=machine["name"],
-                    local=bool(machine["local"]),
-                    host_key=machine["host_key"],
-                    boot_id_before=machine["boot_id_before"],
-                    boot_id_after=machine["boot_id_after"],
-                    reboot_requested_at=parse_iso(machine["reboot_requested_at"]),
-                    reboot_requests=machine["reboot_requests"],
-                    healthy_at=parse_iso(machine["healthy_at"]),
-                    error=machine["error"],
-                    last_probes=json.loads(machine["last_probes"] or "[]"),
-                )
-                for machine in machines
-            ),
-        )
+        with self._read() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                raise StoreError(f"state store {self.path}: no run {run_id}")
+            machines = db.execute(
+                "SELECT * FROM machines WHERE run_id=? ORDER BY position", (run_id,)
+            ).fetchall()
+            # A reader may meet a version-1 store that no run has migrated yet: its finished
+            # runs count as reported, as the migration would make them.
+            columns = row.keys()
+            reported = row["end_reported_at" if "end_reported_at" in columns else "finished_at"]
+            return RunRecord(
+                run_id=row["run_id"],
+                kind=RunKind(row["kind"]),
+                state=row["state"],
+                started_at=datetime.fromisoformat(row["started_at"]),
+                finished_at=parse_iso(row["finished_at"]),
+                error=row["error"],
+                abort_requested_at=parse_iso(row["abort_requested_at"]),
+                config_path=row["config_path"],
+                end_reported_at=parse_iso(reported),
+                machines=tuple(
+                    MachineRecord(
+                        run_id=machine["run_id"],
+                        position=machine["position"],
+                        name=machine["name"],
+                        local=bool(machine["local"]),
+                        host_key=machine["host_key"],
+                        boot_id_before=machine["boot_id_before"],
+                        boot_id_after=machine["boot_id_after"],
+                        reboot_requested_at=parse_iso(machine["reboot_requested_at"]),
+                        reboot_requests=machine["reboot_requests"],
+                        healthy_at=parse_iso(machine["healthy_at"]),
+                        error=machine["error"],
+                        last_probes=json.loads(machine["last_probes"] or "[]"),
+                    )
+                    for machine in machines
+                ),
+            )
 
     def latest_run(self) -> RunRecord | None:
-        row = self._db.execute("SELECT MAX(run_id) FROM runs").fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT MAX(run_id) FROM runs").fetchone()
         return self.run(row[0]) if row and row[0] is not None else None
 
     def active_run(self) -> RunRecord | None:
         placeholders = ", ".join("?" for _ in FINAL_STATES)
-        row = self._db.execute(
-            f"SELECT MAX(run_id) FROM runs WHERE state NOT IN ({placeholders})",
-            tuple(FINAL_STATES),
-        ).fetchone()
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT MAX(run_id) FROM runs WHERE state NOT IN ({placeholders})",
+                tuple(FINAL_STATES),
+            ).fetchone()
+        return self.run(row[0]) if row and row[0] is not None else None
+
+    def unreported_end(self) -> RunRecord | None:
+        """The latest finished run whose end the hooks have not been told of, if any."""
+        placeholders = ", ".join("?" for _ in FINAL_STATES)
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT MAX(run_id) FROM runs WHERE state IN ({placeholders})"
+                " AND end_reported_at IS NULL",
+                tuple(FINAL_STATES),
+            ).fetchone()
         return self.run(row[0]) if row and row[0] is not None else None
 
     def runs(self, limit: int = 50) -> list[RunRecord]:
-        rows = self._db.execute(
-            "SELECT run_id FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)
-        ).fetchall()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT run_id FROM runs ORDER BY run_id DESC LIMIT ?", (limit,)
+            ).fetchall()
         return [self.run(row[0]) for row in rows]
 
     def steps(self, run_id: int) -> list[tuple[str, datetime]]:
-        rows = self._db.execute(
-            "SELECT state, entered_at FROM steps WHERE run_id=? ORDER BY rowid", (run_id,)
-        ).fetchall()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT state, entered_at FROM steps WHERE run_id=? ORDER BY rowid", (run_id,)
+            ).fetchall()
         return [(row[0], datetime.fromisoformat(row[1])) for row in rows]
+
+
+_READABLE_VERSIONS = (1, SCHEMA_VERSION)  # readers never migrate; a run does on its next start

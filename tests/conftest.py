@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from orchestrator.simlab import Behaviour, SimHost, SimLab
+from orchestrator.demo.simlab import Behaviour, SimHost, SimLab
 from orchestrator.store import RunRecord, Store
 from tests.netlab.fixtures import netlab  # noqa: F401  (the real-sshd lab, for tests/test_fault_*)
 
@@ -129,10 +129,8 @@ def latest_run(state_dir: Path) -> RunRecord | None:
         store = Store.open(state_dir, create=False)
     except FileNotFoundError:
         return None
-    try:
+    with store:
         return store.latest_run()
-    finally:
-        store.close()
 
 
 def wait_for_run(

@@ -68,19 +68,13 @@ def spawn(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
 
 
 def all_runs(state_dir: Path) -> list[RunRecord]:
-    store = Store.open(state_dir, create=False)
-    try:
+    with Store.open(state_dir, create=False) as store:
         return store.runs()
-    finally:
-        store.close()
 
 
 def visited_states(state_dir: Path, run_id: int) -> list[str]:
-    store = Store.open(state_dir, create=False)
-    try:
+    with Store.open(state_dir, create=False) as store:
         return [state for state, _ in store.steps(run_id)]
-    finally:
-        store.close()
 
 
 def wait_for_run_state(state_dir: Path, wanted: str, timeout: float = 60) -> RunRecord:

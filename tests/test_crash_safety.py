@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.simlab import SimHost
+from orchestrator.demo.simlab import SimHost
 from tests.conftest import latest_run, orchestrator, spawn, wait_for_run, write_config
 
 NAMES = ["alpha", "bravo"]

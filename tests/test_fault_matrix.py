@@ -97,7 +97,7 @@ def test_host_that_never_returns_aborts_within_the_timeout_and_later_hosts_are_n
     run = latest_run(tmp_path / "state")
     assert run.state == "aborted"
     assert run.error.startswith(f"h1 did not pass the health gate within {FAILING_TIMEOUT}s")
-    assert "summary: h2: not rebooted" in result.stderr
+    assert "summary: h2: untouched" in result.stderr
 
 
 def test_host_back_with_http_503_forever_aborts_naming_the_failing_check(netlab, tmp_path):

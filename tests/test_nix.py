@@ -60,9 +60,17 @@ def _require_nix_instantiate() -> str:
     return NIX_INSTANTIATE
 
 
+# The project's pinned copy of nixpkgs' lib, beside the checkout (see its SOURCE file).
+SHARED_NIXPKGS_LIB = Path(__file__).resolve().parents[2] / "shared" / "nixpkgs-lib" / "lib"
+
+
 def _require_nixpkgs_lib() -> Path:
     value = os.environ.get("NIXPKGS_LIB")
+    if not value and SHARED_NIXPKGS_LIB.is_dir():
+        value = str(SHARED_NIXPKGS_LIB)
     if not value:
+        if os.environ.get("CI"):
+            pytest.fail("NIXPKGS_LIB is not set and ../shared/nixpkgs-lib is missing; CI needs it")
         pytest.skip(
             "NIXPKGS_LIB is not set: point it at nixpkgs' lib directory (e.g. lib/ of a "
             "checkout of github:nix-community/nixpkgs.lib) to evaluate the modules"
@@ -428,6 +436,20 @@ def test_generated_config_loads_in_the_orchestrator_in_reboot_order(tmp_path: Pa
     ]
     # No key, no known_hosts: a login user keeps the SSH client defaults.
     assert "ssh" not in config
+
+
+def test_every_check_type_can_be_declared_through_the_module(tmp_path: Path) -> None:
+    checks = [
+        {"url": "http://grey-area.local:3000/"},
+        {"type": "tcp", "port": 5432},
+        {"type": "command", "command": ["systemctl", "is-active", "--quiet", "nginx"]},
+        {"type": "systemd", "units": ["nginx.service", "postgresql.service"]},
+    ]
+    machines = {**SEED["machines"], "grey-area": {"host": "grey-area.local", "checks": checks}}
+    files = controller(**{**SEED, "machines": machines})["configFiles"]
+    assert json.loads(files["run"]["text"])["machines"]["grey-area"]["checks"] == checks
+    result = validate(tmp_path, files["run"]["text"])
+    assert result.returncode == 0, result.stderr
 
 
 def test_default_order_is_alphabetical_with_the_local_machine_last(tmp_path: Path) -> None:

@@ -16,11 +16,12 @@ Process layout inside the PID namespace:
 
 Control: the `systemctl`/`reboot` shims and the Lab write one JSON line per request to
 HOSTDIR/ctl.fifo, e.g. {"cmd": "reboot", "ack": PATH}; hostd handles it and creates PATH.
-The current `systemctl is-system-running` answer lives in HOSTDIR/state (replaced atomically).
+The current `systemctl is-system-running` answer lives in HOSTDIR/state, and each unit's
+`systemctl is-active` answer in HOSTDIR/units/UNIT (all replaced atomically; no file: inactive).
 
 Ground truth: one JSON line per event appended to the lab's truth.jsonl:
   ready, reboot_requested, reboot_ignored, down, booted, link_up, ssh_up, http_up, healthy,
-  state, fault, http_mode, resume_started, resume_exited, error.
+  state, unit, fault, http_mode, resume_started, resume_exited, error.
 """
 
 from __future__ import annotations
@@ -55,6 +56,20 @@ def _write_atomic(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _safe_unit(unit: object) -> str:
+    """A unit name that is a plain file name in HOSTDIR/units (the Lab checks more)."""
+    if (
+        not isinstance(unit, str)
+        or not unit
+        or "/" in unit
+        or "\0" in unit
+        or unit.startswith(".")
+        or len(unit) > 255
+    ):
+        raise ValueError(f"bad unit name {unit!r}")
+    return unit
 
 
 def _proc_state(pid: int) -> str | None:
@@ -173,6 +188,35 @@ class Hostd:
         with self.lock:
             self.state = state
             _write_atomic(os.path.join(self.dir, "state"), state + "\n")
+
+    def write_units(self, fault: dict, generation: int | None) -> None:
+        """The unit states of a boot: the defaults and the fault's units, all `active` at the
+        first boot (generation None), the fault's states after a reboot. Any other unit file
+        (a `set_unit` of the last boot) goes."""
+        states = dict.fromkeys(self.cfg["default_units"], "active")
+        for unit, state in (fault.get("units") or {}).items():
+            states[_safe_unit(unit)] = "active" if generation is None else state
+        units = os.path.join(self.dir, "units")
+        os.makedirs(units, exist_ok=True)
+        with self.lock:
+            for old in os.listdir(units):
+                if old not in states:
+                    os.unlink(os.path.join(units, old))
+            for unit, state in states.items():
+                _write_atomic(os.path.join(units, unit), state + "\n")
+        if generation is not None:
+            for unit, state in states.items():
+                if state != "active":
+                    self.log("unit", unit=unit, state=state, generation=generation)
+
+    def set_unit(self, unit: str, state: str) -> None:
+        if not state or not state.isascii() or not state.replace("-", "").isalpha():
+            raise ValueError(f"bad unit state {state!r}")
+        units = os.path.join(self.dir, "units")
+        with self.lock:
+            os.makedirs(units, exist_ok=True)
+            _write_atomic(os.path.join(units, _safe_unit(unit)), state + "\n")
+            self.log("unit", unit=unit, state=state, via="lab")
 
     def check_healthy(self) -> None:
         with self.lock:
@@ -331,6 +375,7 @@ class Hostd:
     def first_boot(self) -> None:
         self.mount_overrides()
         boot_id = self.write_boot_id()
+        self.write_units(self.fault, None)
         self.start_sshd()
         self.ssh_up = True
         self.http.start(self.address)
@@ -368,6 +413,8 @@ class Hostd:
             self.link(True)
         self.log("link_up", generation=generation)
         self.set_state("starting")
+        # Units are final before sshd listens: whoever sees the host back sees this boot's units.
+        self.write_units(fault, generation)
         self.start_sshd()
         with self.lock:
             self.ssh_up = True
@@ -405,6 +452,9 @@ class Hostd:
             self.set_state(request["state"])
             self.log("state", state=request["state"], via="lab")
             self.check_healthy()
+            return {"ok": True}
+        if cmd == "set_unit":
+            self.set_unit(request["unit"], request["state"])
             return {"ok": True}
         if cmd == "set_http":
             with self.lock:

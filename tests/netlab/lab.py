@@ -29,8 +29,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +44,24 @@ HOST_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 LAB_PREFIX_RE = re.compile(rf"^{PREFIX}[0-9a-f]{{4}}")
 # The PATH a systemd service gets (and sshd gives root sessions): shims come first.
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Units every host has `active` after each boot (Fault.units is merged over them).
+DEFAULT_UNITS = ("sshd.service", "netlab-health.service")
+# What a unit name may be (systemd's characters); a name without a unit type gets `.service`.
+UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_@\\][A-Za-z0-9:_.@\\-]{0,246}$")  # + ".service" <= 255
+UNIT_TYPES = (
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
+)
+UNIT_STATE_RE = re.compile(r"^[a-z][a-z-]{0,31}$")  # active, inactive, failed, activating, ...
 EVENTS_IN_BOOT_ORDER = (
     "reboot_requested",
     "down",
@@ -57,6 +75,44 @@ EVENTS_IN_BOOT_ORDER = (
 
 class LabError(RuntimeError):
     pass
+
+
+def unit_name(name: str) -> str:
+    """A unit name as systemctl would use it (`nginx` -> `nginx.service`); LabError if bad."""
+    if not isinstance(name, str) or not UNIT_NAME_RE.match(name):
+        raise LabError(f"bad unit name {name!r}")
+    return name if name.rpartition(".")[2] in UNIT_TYPES else f"{name}.service"
+
+
+def unit_state(state: str) -> str:
+    if not isinstance(state, str) or not UNIT_STATE_RE.match(state):
+        raise LabError(f"bad unit state {state!r} (one word, e.g. active, failed, activating)")
+    return state
+
+
+class UnitStates(Mapping[str, str]):
+    """An immutable unit name -> state mapping, hashable so a `Fault` stays hashable."""
+
+    __slots__ = ("_states",)
+
+    def __init__(self, states: Mapping[str, str]) -> None:
+        checked = {unit_name(u): unit_state(s) for u, s in dict(states).items()}
+        self._states = dict(sorted(checked.items()))
+
+    def __getitem__(self, unit: str) -> str:
+        return self._states[unit]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._states.items()))
+
+    def __repr__(self) -> str:
+        return repr(self._states)
 
 
 @dataclass(frozen=True)
@@ -74,9 +130,19 @@ class Fault:
     noop_reboot: bool = False  # `systemctl reboot` returns 0 and nothing happens
     new_host_key: bool = False  # comes back with a freshly generated SSH host key
     refuse: bool = False  # link stays up while down: connections are refused, not timed out
+    # unit name -> its state after a reboot (`systemctl is-active`), merged over DEFAULT_UNITS
+    # (all `active`); at lab start every unit named here is `active`
+    units: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        # Names are checked (and `nginx` becomes `nginx.service`) here, so a bad name fails in
+        # the test that wrote it, not inside hostd.
+        object.__setattr__(self, "units", UnitStates(self.units) if self.units else None)
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["units"] = dict(self.units) if self.units else None
+        return out
 
 
 @dataclass(frozen=True)
@@ -204,6 +270,37 @@ for arg in "$@"; do
     esac
 done
 case "$verb" in
+    is-active)
+        # One state per unit, in order; exit 0 if at least one is active (or reloading,
+        # refreshing), else 3 -- as systemd's systemctl does. Names are data: never evaluated,
+        # and one with a / or a leading dot never becomes a path.
+        skip=1
+        n=0
+        ok=0
+        for unit in "$@"; do
+            case "$unit" in -*) continue ;; esac
+            [ "$skip" = 1 ] && {{ skip=0; continue; }}  # the verb
+            n=$((n + 1))
+            case "$unit" in
+                {unit_types}) ;;
+                *) unit=$unit.service ;;
+            esac
+            state=inactive
+            case "$unit" in
+                */*|.*) ;;
+                *)
+                    s=
+                    if [ -f "$H/units/$unit" ]; then
+                        {{ read -r s < "$H/units/$unit"; }} 2>/dev/null
+                    fi
+                    [ -n "$s" ] && state=$s ;;
+            esac
+            [ "$quiet" = 1 ] || printf '%s\n' "$state"
+            case "$state" in active|reloading|refreshing) ok=1 ;; esac
+        done
+        [ "$n" -gt 0 ] || {{ echo "Too few arguments." >&2; exit 1; }}
+        [ "$ok" = 1 ] && exit 0
+        exit 3 ;;
     is-system-running)
         read -r state < "$H/state"
         [ "$quiet" = 1 ] || echo "$state"
@@ -581,7 +678,13 @@ class Lab:
             sbin.mkdir(exist_ok=True)
             for shim in ("systemctl", "reboot"):
                 path = sbin / shim
-                path.write_text(_SHIM.format(name=h.name, hostdir=shlex.quote(str(d))))
+                path.write_text(
+                    _SHIM.format(
+                        name=h.name,
+                        hostdir=shlex.quote(str(d)),
+                        unit_types="|".join(f"*.{t}" for t in UNIT_TYPES),
+                    )
+                )
                 path.chmod(0o755)
             env = {"PATH": SERVICE_PATH, "HOME": str(home), "LANG": "C.UTF-8"}
             env.update(self.resume_env)
@@ -598,6 +701,7 @@ class Lab:
                 # Only the controller runs programs that a shutdown should let exit cleanly.
                 "kill_grace": self.kill_grace if h.controller else 0.0,
                 "bind_systemctl": binds,
+                "default_units": list(DEFAULT_UNITS),
                 "resume_argv": self.resume_argv if h.controller else None,
                 "resume_env": env,
                 "resume_cwd": self.resume_cwd,
@@ -730,6 +834,14 @@ class Lab:
     def set_http(self, host: str | Host, mode: Literal["ok", "fail", "flap"]) -> None:
         """The health endpoint's mode from now on (while it is up)."""
         self._request(host, {"cmd": "set_http", "mode": mode})
+
+    def set_unit(self, host: str | Host, unit: str, state: str) -> None:
+        """What `systemctl is-active UNIT` says from now on, until the host's next boot.
+
+        `nginx` means `nginx.service`, as with systemctl. Logs a `unit` event (via: lab)."""
+        self._request(
+            host, {"cmd": "set_unit", "unit": unit_name(unit), "state": unit_state(state)}
+        )
 
     def boot_id(self, host: str | Host) -> str:
         return self._host(host).boot_id_path.read_text().strip()

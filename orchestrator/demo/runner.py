@@ -11,7 +11,6 @@ boot unit's ``orchestrator resume``, which verifies the controller and finishes 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +21,9 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.simlab import Behaviour, SimLab
+from orchestrator import process
+from orchestrator.demo.simlab import Behaviour, SimLab
+from orchestrator.store import Store
 
 SEED_MACHINES = ["sleeper-service", "grey-area", "reverse-proxy"]
 SHUTDOWN_GRACE = 1.0
@@ -50,9 +51,9 @@ class Controller:
         self.boot_id_file.write_text(f"{uuid.uuid4()}\n")
 
 
-async def _orchestrator(config: Path, command: str, debug: bool) -> asyncio.subprocess.Process:
+def _orchestrator(config: Path, command: str, debug: bool) -> list[str]:
     argv = [sys.executable, "-m", "orchestrator", "--config", str(config)]
-    return await asyncio.create_subprocess_exec(*argv, *(["--debug"] if debug else []), command)
+    return [*argv, *(["--debug"] if debug else []), command]
 
 
 async def _demo(directory: Path, debug: bool) -> int:
@@ -80,37 +81,30 @@ async def _demo(directory: Path, debug: bool) -> int:
     _say(f"simulated lab up: {', '.join(SEED_MACHINES)} + this controller ({config_file})")
 
     try:
-        child = await _orchestrator(config_file, "run", debug)
-        finished = asyncio.create_task(child.wait())
-        reboot = asyncio.create_task(controller.reboot_requested.wait())
-        await asyncio.wait({finished, reboot}, return_when=asyncio.FIRST_COMPLETED)
-        if reboot.done():
-            _say("controller: `systemctl reboot` — shutting down, the orchestrator is stopped")
-            controller.set_state("stopping")
-            with contextlib.suppress(ProcessLookupError):
-                child.terminate()
-            try:
-                await asyncio.wait_for(asyncio.shield(finished), SHUTDOWN_GRACE)
-            except TimeoutError:
-                child.kill()
-                await finished
+        async with process.spawn(_orchestrator(config_file, "run", debug)) as child:
+            finished = asyncio.create_task(child.wait())
+            reboot = asyncio.create_task(controller.reboot_requested.wait())
+            await asyncio.wait({finished, reboot}, return_when=asyncio.FIRST_COMPLETED)
+            controller_rebooted = reboot.done()
+            if controller_rebooted:
+                _say("controller: `systemctl reboot` — shutting down, the orchestrator is stopped")
+                controller.set_state("stopping")
+                await child.stop(grace=SHUTDOWN_GRACE)  # systemd: SIGTERM, then SIGKILL
+            else:
+                reboot.cancel()
+        if controller_rebooted:
             await asyncio.sleep(1.0)
             controller.boot()
             controller.set_state("starting")
             _say("controller: booted; the boot unit runs `orchestrator resume`")
             loop.call_later(0.5, controller.set_state, "running")
-            resumed = await _orchestrator(config_file, "resume", debug)
-            await resumed.wait()
-        else:
-            reboot.cancel()
+            async with process.spawn(_orchestrator(config_file, "resume", debug)) as resumed:
+                await resumed.wait()
         _say("orchestrator status")
-        status = await _orchestrator(config_file, "status", debug)
-        await status.wait()
-        from orchestrator.store import Store
-
-        store = Store.open(directory / "state", create=False)
-        run = store.latest_run()
-        store.close()
+        async with process.spawn(_orchestrator(config_file, "status", debug)) as status:
+            await status.wait()
+        with Store.open(directory / "state", create=False) as store:
+            run = store.latest_run()
         return 0 if run is not None and run.state == "done" else 1
     finally:
         await lab.stop()

@@ -3,14 +3,17 @@ loopback, each able to "reboot" (connections drop, a dark period, a new boot id,
 before HTTP). It backs ``orchestrator demo`` and the fast tests; the orchestrator talks to it
 exactly as to real machines, through its ordinary config (addresses, ports, keys).
 
-It understands the three commands the orchestrator sends and nothing else. Every host keeps a
-ground-truth event list (what really happened, when), which tests judge the orchestrator by.
+It understands the commands the orchestrator sends (boot id, system state, reboot, and
+``systemctl is-active`` for systemd checks) and nothing else. Every host keeps a ground-truth
+event list (what really happened, when) and the argv of every command it received, which
+tests judge the orchestrator by.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import shlex
 import time
 import uuid
@@ -20,7 +23,11 @@ from typing import Any
 
 import asyncssh
 
-REBOOT_ARGV = ["systemctl", "reboot"]
+from orchestrator import defaults
+
+REBOOT_ARGV = list(defaults.REBOOT_COMMAND)
+BOOT_ID_ARGV = ["cat", str(defaults.BOOT_ID_FILE)]
+STATE_ARGV = list(defaults.STATE_COMMAND)
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Behaviour:
     ignore_reboot: bool = False  # accepts the command, nothing happens
     new_host_key: bool = False
     reboot_exit_status: int = 0  # non-zero: reboot refused (e.g. inhibited)
+    units: dict[str, str] = field(default_factory=dict)  # unit -> state; others are inactive
 
 
 @dataclass
@@ -62,6 +70,7 @@ class SimHost:
     _http: asyncio.Server | None = None
     _connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     _rebooting: asyncio.Task[None] | None = None
+    commands: list[list[str]] = field(default_factory=list)  # every argv received, in order
 
     def record(self, event: str, detail: str = "") -> None:
         self.lab.events.append(Event(time.time(), self.name, event, detail))
@@ -116,15 +125,20 @@ class SimHost:
 
     async def _command(self, process: asyncssh.SSHServerProcess[str]) -> None:
         argv = shlex.split(process.command or "")
+        self.commands.append(argv)
         if not await self.before_command(argv):
             process.channel.get_connection().abort()  # the command is lost with the connection
             return
         if argv[:2] == ["sudo", "-n"]:
             argv = argv[2:]
-        if argv == ["cat", "/proc/sys/kernel/random/boot_id"]:
+        if argv == BOOT_ID_ARGV:
             process.stdout.write(self.boot_id + "\n")
             process.exit(0)
-        elif argv == ["systemctl", "is-system-running"]:
+        elif argv[:2] == ["systemctl", "is-active"] and len(argv) > 2:
+            states = [self.behaviour.units.get(unit, "inactive") for unit in argv[2:]]
+            process.stdout.write("".join(f"{state}\n" for state in states))
+            process.exit(0 if all(state == "active" for state in states) else 3)
+        elif argv == STATE_ARGV:
             process.stdout.write(self.state + "\n")
             process.exit(0 if self.state == "running" else 1)
         elif argv == REBOOT_ARGV:
@@ -205,8 +219,7 @@ class SimLab:
             self.client_key.export_public_key().decode()
         )
         self.hosts = {
-            name: self.make_host(name, Behaviour(**vars(behaviour or Behaviour())))
-            for name in names
+            name: self.make_host(name, copy.deepcopy(behaviour or Behaviour())) for name in names
         }
 
     def make_host(self, name: str, behaviour: Behaviour) -> SimHost:

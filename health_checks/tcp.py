@@ -1,0 +1,38 @@
+"""``type: tcp`` — a TCP connect from the controller to a port of the machine succeeds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Literal
+
+from pydantic import Field
+
+from health_checks.base import Check, Probe, ProbeContext
+from health_checks.schema import HostName, Port
+
+
+class TcpCheck(Check):
+    type: Literal["tcp"] = Field(
+        description="Check type: a TCP port accepts a connection.", examples=["tcp"]
+    )
+    port: Port = Field(description="The port that must accept a connection.", examples=[5432])
+    host: HostName | None = Field(
+        default=None,
+        description="Where to connect; the machine's own `host` when omitted.",
+        examples=["db.grey-area.local"],
+    )
+
+    def describe(self, address: str) -> str:
+        return f"tcp {self.host or address}:{self.port}"
+
+    async def probe(self, ctx: ProbeContext) -> Probe:
+        name = self.describe(ctx.address)
+        try:
+            _, writer = await asyncio.open_connection(self.host or ctx.address, self.port)
+        except OSError as exc:
+            return Probe(name, False, exc.strerror or str(exc) or type(exc).__name__)
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return Probe(name, True, "connected")

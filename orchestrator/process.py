@@ -1,0 +1,311 @@
+"""The only code that starts a process on the controller.
+
+Every child is owned: it runs in its own process group, and however the owner leaves (normal
+exit, exception, timeout, cancellation) the whole group gets SIGTERM, a grace period, then
+SIGKILL, so no ``lab deploy-all`` or hook outlives the step that started it. Commands are argv
+lists, never shell strings, and are logged copy-pasteably with ``shlex.join``.
+
+Output is kept within a cap (its head and tail; the middle is counted and dropped, never
+buffered), so a chatty or hostile program cannot grow the orchestrator's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import OrchestratorError
+
+log = logging.getLogger("orchestrator")
+
+KILL_GRACE = 5.0  # SIGTERM → SIGKILL, and SIGKILL → reaped
+DEFAULT_MAX_OUTPUT = 64 * 1024  # per stream, head plus tail
+LOG_LINE_MAX = 4096  # one logged line; the rest of a longer one is counted
+_READ_CHUNK = 64 * 1024
+
+
+class ProcessFailed(OrchestratorError):
+    """A command failed to start, exited non-zero, or ran past its deadline.
+
+    The message names the command, what happened (exit code or timeout) and the last line of
+    its error output, so a single log line is enough to act on.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        returncode: int | None = None,
+        timeout: float | None = None,
+        reason: str | None = None,
+        last_line: str = "",
+    ) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        if reason is not None:
+            what = reason
+        elif timeout is not None:
+            what = f"did not finish within {timeout:g}s; stopped it"
+        else:
+            what = f"failed with exit code {returncode}"
+        super().__init__(f"`{shlex.join(argv)}` {what}" + (f": {last_line}" if last_line else ""))
+
+
+class CappedOutput:
+    """Keeps at most ``limit`` bytes of a stream: the first half and the latest half."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._head = bytearray()
+        self._tail = bytearray()
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        room = self.limit // 2 - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        self._tail += data
+        excess = len(self._tail) - (self.limit - self.limit // 2)
+        if excess > 0:
+            del self._tail[:excess]
+            self.dropped += excess
+
+    def text(self) -> str:
+        head = self._head.decode(errors="replace")
+        tail = self._tail.decode(errors="replace")
+        if self.dropped:
+            return f"{head}\n[… {self.dropped} bytes dropped …]\n{tail}"
+        return head + tail
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:LOG_LINE_MAX] if lines else ""
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished command: its exit code and the (capped) text of both streams."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> Completed:
+        if self.returncode != 0:
+            raise ProcessFailed(
+                self.argv,
+                returncode=self.returncode,
+                last_line=last_line(self.stderr) or last_line(self.stdout),
+            )
+        return self
+
+
+class LineLogger:
+    """Splits a byte stream into lines for the log, whatever their length.
+
+    asyncio's ``readline`` fails on lines over 64 KiB; this reads chunks instead and logs at
+    most ``LOG_LINE_MAX`` bytes of each line, noting how much of it was left out.
+    """
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._emit = emit
+        self._line = bytearray()
+        self._overflow = 0
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            newline = data.find(b"\n")
+            piece, data = (data, b"") if newline < 0 else (data[:newline], data[newline + 1 :])
+            room = LOG_LINE_MAX - len(self._line)
+            self._line += piece[: max(room, 0)]
+            self._overflow += max(len(piece) - max(room, 0), 0)
+            if newline >= 0:
+                self._flush()
+
+    def close(self) -> None:
+        if self._line or self._overflow:
+            self._flush()
+
+    def _flush(self) -> None:
+        text = self._line.decode(errors="replace").rstrip("\r")
+        if self._overflow:
+            text += f" [… {self._overflow} more bytes of this line]"
+        self._emit(text)
+        self._line.clear()
+        self._overflow = 0
+
+
+class Child:
+    """A running child process, owned by ``spawn``."""
+
+    def __init__(self, argv: Sequence[str], process: asyncio.subprocess.Process) -> None:
+        self.argv = tuple(argv)
+        self.process = process
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    async def stop(self, grace: float = KILL_GRACE) -> None:
+        """SIGTERM to the whole group, then SIGKILL after ``grace``; returns once reaped.
+
+        The group is signalled even after the leader exited: a grandchild it left behind (a
+        daemonising ``nixos-rebuild``) still belongs to the group and must not outlive it.
+        """
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            self.signal_group(sig)
+            try:
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self.process.wait())
+                if sig is signal.SIGTERM:
+                    # Leader gone; whatever else is in the group gets no second chance.
+                    self.signal_group(signal.SIGKILL)
+                return
+            except TimeoutError:
+                continue
+
+
+@contextlib.asynccontextmanager
+async def spawn(
+    argv: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: int | None = asyncio.subprocess.DEVNULL,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    label: str | None = None,
+    grace: float = KILL_GRACE,
+) -> AsyncIterator[Child]:
+    """Start ``argv`` in a new process group; the group is stopped when the block exits.
+
+    ``stdin``/``stdout``/``stderr`` take ``asyncio.subprocess.PIPE``, ``DEVNULL`` or ``None``
+    (inherit). A program that cannot be started raises ``ProcessFailed``.
+    """
+    argv = list(argv)
+    if not argv or not argv[0]:
+        raise ProcessFailed(argv, reason="is not a command (empty argv)")
+    where = f" in {cwd}" if cwd is not None else ""
+    log.log(
+        logging.INFO if label else logging.DEBUG,
+        "%srunning `%s`%s",
+        f"{label}: " if label else "",
+        shlex.join(argv),
+        where,
+    )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        missing = argv[0] if exc.filename in (None, argv[0]) else f"directory {cwd}"
+        raise ProcessFailed(argv, reason=f"cannot start: not found: {missing}") from None
+    except OSError as exc:
+        raise ProcessFailed(argv, reason=f"cannot start: {exc.strerror or exc}") from None
+    child = Child(argv, process)
+    try:
+        yield child
+    finally:
+        # Also on success: the leader may have exited and left its group behind.
+        await child.stop(grace)
+
+
+async def _pump(
+    stream: asyncio.StreamReader | None, sink: CappedOutput, lines: LineLogger | None
+) -> None:
+    if stream is None:
+        return
+    while chunk := await stream.read(_READ_CHUNK):
+        sink.feed(chunk)
+        if lines is not None:
+            lines.feed(chunk)
+    if lines is not None:
+        lines.close()
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    label: str | None = None,
+    log_output: bool = False,
+    grace: float = KILL_GRACE,
+) -> Completed:
+    """Run ``argv`` to completion within ``timeout`` seconds and return what it said.
+
+    A non-zero exit is returned, not raised (``Completed.check()`` raises); failing to start
+    and running past ``timeout`` raise ``ProcessFailed``. With ``log_output`` each line of
+    both streams goes to the log as ``label: line`` while the command runs. ``grace`` is how
+    long a stopped child gets between SIGTERM and SIGKILL.
+    """
+    stdout_kept, stderr_kept = CappedOutput(max_output), CappedOutput(max_output)
+    prefix = f"{label}: " if label else ""
+
+    def emit(line: str) -> None:
+        log.info("%s%s", prefix, line)
+
+    async with spawn(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        label=label,
+        grace=grace,
+    ) as child:
+        process = child.process
+        try:
+            async with asyncio.timeout(timeout):
+                # Concurrently: a child that writes before it reads its input must not block.
+                await asyncio.gather(
+                    _feed_stdin(process, input),
+                    _pump(process.stdout, stdout_kept, LineLogger(emit) if log_output else None),
+                    _pump(process.stderr, stderr_kept, LineLogger(emit) if log_output else None),
+                )
+                returncode = await process.wait()
+        except TimeoutError:
+            raise ProcessFailed(
+                argv, timeout=timeout, last_line=last_line(stderr_kept.text())
+            ) from None
+    return Completed(tuple(argv), returncode, stdout_kept.text(), stderr_kept.text())
+
+
+async def _feed_stdin(process: asyncio.subprocess.Process, data: bytes | None) -> None:
+    if data is None or process.stdin is None:
+        return
+    # A program that does not read its input (exits first, closes stdin) is not an error.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        process.stdin.write(data)
+        await process.stdin.drain()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        process.stdin.close()
