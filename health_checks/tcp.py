@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -30,8 +31,11 @@ class TcpCheck(Check):
         name = self.describe(ctx.address)
         try:
             _, writer = await asyncio.open_connection(self.host or ctx.address, self.port)
+        except ConnectionRefusedError:
+            return Probe(name, False, "connection refused")
         except OSError as exc:
-            return Probe(name, False, exc.strerror or str(exc) or type(exc).__name__)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+            return Probe(name, False, reason)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

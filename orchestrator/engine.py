@@ -463,8 +463,14 @@ def abort(config_path: Path) -> str:
         if run is None:
             return "no run in progress"
         try:
-            with lock.exclusive(state_dir):
-                return asyncio.run(_abort_idle(config_path, store, run))
+            with lock.exclusive(state_dir), Store.open(state_dir) as writable:
+                # Opened for writing under the lock: a store of an older schema is migrated
+                # first, so the end of the run is recorded (and reported) the current way.
+                # Read again: the run may have ended between the first look and the lock.
+                idle = writable.active_run()
+                if idle is None:
+                    return "no run in progress"
+                return asyncio.run(_abort_idle(config_path, writable, idle))
         except LockHeldError:
             store.request_abort(run.run_id)
             pid = lock.holder_pid(state_dir)

@@ -447,7 +447,8 @@ class Store:
         return self.run(row[0]) if row and row[0] is not None else None
 
     def unreported_end(self) -> RunRecord | None:
-        """The latest finished run whose end the hooks have not been told of, if any."""
+        """The latest finished run whose end the hooks have not been told of, if any (for the
+        writers, which have migrated the store: a version-1 store has no such column)."""
         placeholders = ", ".join("?" for _ in FINAL_STATES)
         with self._read() as db:
             row = db.execute(

@@ -1,0 +1,2 @@
+"""Fast unit tier: one behaviour per test, real processes and sockets, no SSH lab except
+``test_argv_sequence``."""
