@@ -147,14 +147,15 @@ def plan(ctx: Context) -> int:
     import asyncio
 
     from orchestrator.engine import plan_probe
+    from orchestrator.process import display
     from orchestrator.states import RunKind, work_states
 
     config = ctx.load()
     settings = config.settings
     click.echo(f"config: {config.path}")
     click.echo(
-        f"in {config.flake_dir}: update `{' '.join(settings.update.command)}`, "
-        f"deploy `{' '.join(settings.deploy.command)}`"
+        f"in {config.flake_dir}: update `{display(settings.update.command)}`, "
+        f"deploy `{display(settings.deploy.command)}`"
     )
     click.echo(
         "steps: " + " -> ".join([*work_states(RunKind.NIGHTLY, config.machine_order), "done"])

@@ -191,21 +191,26 @@ class Machine(ConfigModel):
     )
 
 
+def _one_check_of_each_type() -> list[dict[str, Any]]:
+    """An example check of every registered type, from each model's own field examples, so a
+    new check type appears in the generated example config without being listed here."""
+    return [
+        {"type": name}
+        | {
+            key: field.examples[0]
+            for key, field in model.model_fields.items()
+            if key != "type" and field.is_required() and field.examples
+        }
+        for name, model in CHECK_TYPES.items()
+    ]
+
+
 SEED_MACHINES_EXAMPLE = {
     "sleeper-service": {
         "host": "sleeper-service.local",
-        "checks": [
-            {"url": "http://sleeper-service.local:8080/health", "body_contains": "ok"},
-            {"type": "systemd", "units": ["nfs-server.service"]},
-        ],
+        "checks": [{"url": "http://sleeper-service.local:8080/health", "body_contains": "ok"}],
     },
-    "grey-area": {
-        "host": "grey-area.local",
-        "checks": [
-            {"type": "tcp", "port": 5432},
-            {"type": "command", "command": ["systemctl", "is-active", "--quiet", "nginx"]},
-        ],
-    },
+    "grey-area": {"host": "grey-area.local", "checks": _one_check_of_each_type()},
     "reverse-proxy": {
         "host": "reverse-proxy.local",
         "user": "root",

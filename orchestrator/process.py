@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shlex
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,6 +30,15 @@ KILL_GRACE = 5.0  # SIGTERM → SIGKILL, and SIGKILL → reaped
 DEFAULT_MAX_OUTPUT = 64 * 1024  # per stream, head plus tail
 LOG_LINE_MAX = 4096  # one logged line; the rest of a longer one is counted
 _READ_CHUNK = 64 * 1024
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def display(argv: Sequence[str]) -> str:
+    """``argv`` as one copy-pasteable shell line; control characters (a newline inside a
+    ``python -c`` script) shown as ``\\xNN`` so one event stays one log line."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", shlex.join(argv))
 
 
 class ProcessFailed(OrchestratorError):
@@ -55,7 +65,7 @@ class ProcessFailed(OrchestratorError):
             what = f"did not finish within {timeout:g}s; stopped it"
         else:
             what = f"failed with exit code {returncode}"
-        super().__init__(f"`{shlex.join(argv)}` {what}" + (f": {last_line}" if last_line else ""))
+        super().__init__(f"`{display(argv)}` {what}" + (f": {last_line}" if last_line else ""))
 
 
 class CappedOutput:
@@ -209,7 +219,7 @@ async def spawn(
         logging.INFO if label else logging.DEBUG,
         "%srunning `%s`%s",
         f"{label}: " if label else "",
-        shlex.join(argv),
+        display(argv),
         where,
     )
     try:

@@ -256,3 +256,18 @@ async def test_argv_is_never_interpreted_by_a_shell(tmp_path):
     assert result.stdout.strip() == repr(dangerous)
     assert not marker.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_command_with_a_newline_is_logged_and_reported_on_one_line(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("orchestrator"), "propagate", True)
+    caplog.set_level(logging.DEBUG, logger="orchestrator")
+    argv = [PY, "-c", "import sys\nsys.exit(3)"]
+    result = await process.run(argv, timeout=30, label="hook on_done")
+    with pytest.raises(ProcessFailed) as failed:
+        result.check()
+    started = [r.getMessage() for r in caplog.records if "running `" in r.getMessage()]
+    assert started == [
+        f"hook on_done: running `{shlex.join(argv[:2])} 'import sys\\x0asys.exit(3)'`"
+    ]
+    assert "\n" not in str(failed.value)
+    assert "'import sys\\x0asys.exit(3)'` failed with exit code 3" in str(failed.value)
