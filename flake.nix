@@ -45,20 +45,24 @@
         pkgs:
         let
           inherit (pkgs.stdenv.hostPlatform) system;
+          # What any NixOS system needs, and nothing the modules rely on.
+          bareSystem = {
+            nixpkgs.hostPlatform = system;
+            system.stateVersion = lib.trivial.release;
+            boot.loader.grub.enable = false;
+            fileSystems."/" = {
+              device = "none";
+              fsType = "tmpfs";
+            };
+          };
           # Both modules in one real NixOS evaluation: a controller that is
           # itself the target of another controller.
           example = lib.nixosSystem {
             modules = [
               self.nixosModules.default
               self.nixosModules.target
+              bareSystem
               {
-                nixpkgs.hostPlatform = system;
-                system.stateVersion = lib.trivial.release;
-                boot.loader.grub.enable = false;
-                fileSystems."/" = {
-                  device = "none";
-                  fsType = "tmpfs";
-                };
                 services.openssh.enable = true;
                 programs.ssh.knownHosts.grey-area = {
                   hostNames = [ "grey-area.local" ];
@@ -85,21 +89,39 @@
               }
             ];
           };
-          inherit (example) config;
-          failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
-          unit = name: config.systemd.units.${name}.unit;
-        in
-        {
-          package = self.packages.${system}.default;
+          # The original module's own lines, with its local machine declared
+          # (issue 8): nothing else is needed.
+          seed = lib.nixosSystem {
+            modules = [
+              self.nixosModules.default
+              bareSystem
+              {
+                users.users.geir.isNormalUser = true;
+                services.lab-orchestrator = {
+                  enable = true;
+                  schedule = "02:00";
+                  user = "geir";
+                  machines.self.local = true;
+                };
+              }
+            ];
+          };
 
           # Builds what the modules generate without building a whole system:
           # the three units, sudoers (checked by visudo), the polkit rules and
-          # the build-time `orchestrator validate-config` of the config files.
-          module =
+          # the build-time checks (`systemd-analyze calendar` of the schedule,
+          # `orchestrator validate-config` of the config files).
+          moduleOutputs =
+            name:
+            { config, ... }:
+            let
+              failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+              unit = unitName: config.systemd.units.${unitName}.unit;
+            in
             if failedAssertions != [ ] then
               throw (lib.concatStringsSep "\n" failedAssertions)
             else
-              pkgs.linkFarm "lab-orchestrator-module" (
+              pkgs.linkFarm name (
                 {
                   "lab-orchestrator.service" = unit "lab-orchestrator.service";
                   "lab-orchestrator.timer" = unit "lab-orchestrator.timer";
@@ -114,6 +136,11 @@
                   )
                 )
               );
+        in
+        {
+          package = self.packages.${system}.default;
+          module = moduleOutputs "lab-orchestrator-module" example;
+          module-seed = moduleOutputs "lab-orchestrator-module-seed" seed;
         }
       );
 

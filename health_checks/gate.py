@@ -6,6 +6,10 @@ from the one saved before the reboot, ``systemctl is-system-running`` says ``run
 ``stable_passes`` rounds in a row pass, ``poll_interval`` apart, on one unchanged boot id — a
 single lucky probe of a flapping service is not enough. Reachability alone never proves a
 reboot. The gate runs checks of any type through their common interface and never names one.
+
+Every probe of a round passes through ``health_checks.text.from_host`` as the round is made
+(``GateRound``): whatever a check type put in a probe's name or detail, what is stored,
+logged and shown has no control characters and a bounded length.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from health_checks.base import Check, CommandHost, Probe, ProbeContext, Timeouts
 from health_checks.clients import HttpClients
+from health_checks.text import from_host
 
 __all__ = [
     "GateHost",
@@ -33,11 +38,29 @@ __all__ = [
 ]
 
 
+# A probe's name is config (a URL, a command); its detail often host text.
+PROBE_NAME_LIMIT = 300
+PROBE_DETAIL_LIMIT = 400
+
+
+def sanitized(probe: Probe) -> Probe:
+    """``probe`` with its name and detail made safe to store and show (idempotent)."""
+    name = from_host(probe.name, PROBE_NAME_LIMIT)
+    detail = from_host(probe.detail, PROBE_DETAIL_LIMIT)
+    if name == probe.name and detail == probe.detail:
+        return probe
+    return Probe(name, probe.ok, detail)
+
+
 @dataclass(frozen=True)
 class GateRound:
     probes: tuple[Probe, ...]
     boot_id: str | None
     host_key: str | None
+
+    def __post_init__(self) -> None:
+        # The one boundary for probes: every round is made here, by any check type.
+        object.__setattr__(self, "probes", tuple(sanitized(p) for p in self.probes))
 
     @property
     def passed(self) -> bool:

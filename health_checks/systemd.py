@@ -8,6 +8,7 @@ from pydantic import AfterValidator, Field
 
 from health_checks.base import Check, Probe, ProbeContext
 from health_checks.command import failure_detail
+from health_checks.text import from_host
 
 MAX_OUTPUT = 4096
 
@@ -31,7 +32,7 @@ class SystemdCheck(Check):
     )
 
     def describe(self, address: str) -> str:
-        return f"systemd {' '.join(self.units)}"
+        return from_host(f"systemd {' '.join(self.units)}", 300)
 
     async def probe(self, ctx: ProbeContext) -> Probe:
         name = self.describe(ctx.address)
@@ -39,13 +40,14 @@ class SystemdCheck(Check):
         try:
             result = await ctx.host.run(argv, self.budget(ctx.timeouts), MAX_OUTPUT)
         except ctx.transient as exc:
-            return Probe(name, False, str(exc))
+            return Probe(name, False, from_host(str(exc)))
         # One state per line, in the order asked. The exit code is no verdict: systemctl exits 0
         # when *any* listed unit is active, so each unit's own line decides.
         states = result.stdout.split()
         if len(states) != len(self.units):
             if result.returncode == 0:
-                return Probe(name, False, f"unexpected answer: {result.stdout.strip()[:200]!r}")
+                answer = from_host(result.stdout.strip(), 200)
+                return Probe(name, False, f"unexpected answer: '{answer}'")
             return Probe(
                 name, False, failure_detail(result.returncode, result.stdout, result.stderr)
             )
@@ -57,7 +59,7 @@ class SystemdCheck(Check):
         if inactive:
             unit, state = inactive[0]
             more = f" (and {len(inactive) - 1} more)" if len(inactive) > 1 else ""
-            return Probe(name, False, f"{unit} is {state}{more}")
+            return Probe(name, False, from_host(f"{unit} is {state}{more}", 300))
         if result.returncode != 0:
             return Probe(
                 name, False, failure_detail(result.returncode, result.stdout, result.stderr)

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from health_checks.base import Check, Probe, ProbeContext
 from health_checks.schema import HostName, Port
+from health_checks.text import from_host
 
 
 class TcpCheck(Check):
@@ -25,7 +26,7 @@ class TcpCheck(Check):
     )
 
     def describe(self, address: str) -> str:
-        return f"tcp {self.host or address}:{self.port}"
+        return from_host(f"tcp {self.host or address}:{self.port}", 300)
 
     async def probe(self, ctx: ProbeContext) -> Probe:
         name = self.describe(ctx.address)
@@ -35,7 +36,7 @@ class TcpCheck(Check):
             return Probe(name, False, "connection refused")
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
-            return Probe(name, False, reason)
+            return Probe(name, False, from_host(reason, 300))
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

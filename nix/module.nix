@@ -16,14 +16,17 @@ let
     attrNames
     concatStringsSep
     filterAttrs
+    escapeShellArg
     hasPrefix
     literalExpression
+    literalMD
     mapAttrsToList
     mkDefault
     mkEnableOption
     mkIf
     mkMerge
     mkOption
+    mkPackageOption
     optional
     optionalAttrs
     partition
@@ -53,14 +56,27 @@ let
   flakeInHome = builtins.any (p: hasPrefix p "${cfg.flake}/") homeDirs;
 
   # "02:00" (the seed's form) -> "*-*-* 02:00:00"; anything else is passed to
-  # systemd as an OnCalendar expression.
-  onCalendar =
-    if builtins.match "[0-9]{1,2}:[0-9]{2}" cfg.schedule != null then
-      "*-*-* ${cfg.schedule}:00"
-    else
-      cfg.schedule;
+  # systemd as an OnCalendar expression. An out-of-range "HH:MM" fails an
+  # assertion; any other expression systemd would refuse ("Timer unit lacks
+  # value setting. Refusing.") fails the build (validate-schedule below).
+  hhmm = builtins.match "([0-9]{1,2}):([0-9]{2})" cfg.schedule;
+  hhmmValid =
+    hhmm == null
+    || (
+      lib.toIntBase10 (builtins.elemAt hhmm 0) <= 23 && lib.toIntBase10 (builtins.elemAt hhmm 1) <= 59
+    );
+  onCalendar = if hhmm != null then "*-*-* ${cfg.schedule}:00" else cfg.schedule;
 
   localMachines = attrNames (filterAttrs (_: m: m.local) cfg.machines);
+
+  # The controller reboots itself through polkit (see security.polkit below).
+  # With a hand-written configFile the module cannot see whether it has a
+  # `local: true` machine, so it assumes one.
+  rebootsItself = localMachines != [ ] || cfg.configFile != null;
+
+  # configFile, as a string: a Nix path value is copied to the store here.
+  userConfigFile = "${cfg.configFile}";
+  userConfigFileInStore = cfg.configFile != null && hasPrefix "${builtins.storeDir}/" userConfigFile;
 
   # Each unit gets the SSH key through its own LoadCredential=, which systemd
   # places under /run/credentials/<unit name>/. The orchestrator takes the key
@@ -71,7 +87,20 @@ let
   # credentials directory; one more small file is simpler and obviously
   # right.) The copy in /etc, for commands typed by hand, names the key file
   # itself: it works for whoever can read it.
-  credentialPath = unit: "/run/credentials/${unit}.service/ssh-key";
+  credentialPath = unit: name: "/run/credentials/${unit}.service/${name}";
+
+  # The key and its passphrase, as LoadCredential= entries and as config keys.
+  credentials =
+    optional (cfg.sshKeyFile != null) {
+      name = "ssh-key";
+      key = "identity_file";
+      file = cfg.sshKeyFile;
+    }
+    ++ optional (cfg.sshKeyPassphraseFile != null) {
+      name = "ssh-key-passphrase";
+      key = "passphrase_file";
+      file = cfg.sshKeyPassphraseFile;
+    };
 
   dropNulls = filterAttrs (_: v: v != null);
 
@@ -88,11 +117,17 @@ let
   # reboot order the way a hand-written YAML mapping does; the explicit
   # top-level `order` key does.
   renderConfig =
-    identityFile:
+    # unit: the unit whose credentials directory holds the files; null: the files themselves.
+    unit:
     let
       ssh =
         (cfg.settings.ssh or { })
-        // optionalAttrs (cfg.sshKeyFile != null) { identity_file = identityFile; };
+        // lib.listToAttrs (
+          map (credential: {
+            name = credential.key;
+            value = if unit == null then credential.file else credentialPath unit credential.name;
+          }) credentials
+        );
     in
     cfg.settings
     // optionalAttrs (ssh != { }) { inherit ssh; }
@@ -101,13 +136,25 @@ let
       order = cfg.rebootOrder;
     };
 
-  configFiles = {
-    run = format.generate "lab-orchestrator-run.yaml" (renderConfig (credentialPath "lab-orchestrator"));
-    resume = format.generate "lab-orchestrator-resume.yaml" (
-      renderConfig (credentialPath "lab-orchestrator-resume")
-    );
-    cli = format.generate "lab-orchestrator.yaml" (renderConfig cfg.sshKeyFile);
-  };
+  configFiles =
+    if cfg.configFile != null then
+      {
+        run = userConfigFile;
+        resume = userConfigFile;
+        cli = userConfigFile;
+      }
+    else
+      {
+        run = format.generate "lab-orchestrator-run.yaml" (renderConfig "lab-orchestrator");
+        resume = format.generate "lab-orchestrator-resume.yaml" (
+          renderConfig "lab-orchestrator-resume"
+        );
+        cli = format.generate "lab-orchestrator.yaml" (renderConfig null);
+      };
+
+  # Only a file in the store can be read by the build; one elsewhere (e.g.
+  # with secrets) is read at run time only.
+  validateConfig = cfg.configFile == null || userConfigFileInStore;
 
   orchestrator = lib.getExe' cfg.package "orchestrator";
 
@@ -204,13 +251,15 @@ in
   options.services.lab-orchestrator = {
     enable = mkEnableOption "the nightly, health-gated lab update and rolling reboot (lab-orchestrator)";
 
-    package = mkOption {
-      type = types.package;
-      # Built with the system's own nixpkgs: one Python closure, and nothing
-      # of this repository's pinning leaks into the user's system.
-      default = pkgs.lab-orchestrator or (pkgs.callPackage ./package.nix { });
-      defaultText = literalExpression "pkgs.lab-orchestrator or (pkgs.callPackage ./package.nix { })";
-      description = "The lab-orchestrator package to use.";
+    # mkPackageOption looks the default up by name in the attrset it is
+    # given; nixpkgs has no lab-orchestrator, so it is given one that falls
+    # back to package.nix built with the system's own nixpkgs (one Python
+    # closure, and nothing of this repository's pinning leaks into the
+    # user's system).
+    package = mkPackageOption {
+      lab-orchestrator = pkgs.lab-orchestrator or (pkgs.callPackage ./package.nix { });
+    } "lab-orchestrator" {
+      extraDescription = "Without this flake's `overlays.default`, pkgs has no lab-orchestrator and the default is this repository's nix/package.nix built with the system's nixpkgs.";
     };
 
     schedule = mkOption {
@@ -220,7 +269,8 @@ in
       description = ''
         When the nightly run starts: a systemd OnCalendar expression (see
         {manpage}`systemd.time(7)`), or `"HH:MM"` for a daily start at that
-        time, as in the original module.
+        time, as in the original module. Checked at build time with the
+        system's `systemd-analyze calendar`.
       '';
     };
 
@@ -279,20 +329,23 @@ in
           group
         else
           "users";
-      defaultText = literalExpression ''
-        if user == "lab-orchestrator" then "lab-orchestrator"
-        else the user's primary group (config.users.users.''${user}.group), else "users"
+      defaultText = literalMD ''
+        `"lab-orchestrator"` for the default {option}`user`; otherwise that
+        user's primary group (`users.users.<user>.group`), else `"users"`.
       '';
       description = "Group the orchestrator runs as.";
     };
 
     flake = mkOption {
       type = types.str;
+      default = "${stateDir}/lab";
       example = "/home/geir/Home-lab";
       description = ''
         Absolute path of the lab's flake checkout: the working directory of
         the update and deploy commands (the original module's labPath). It
-        stays writable inside the sandbox (`flake.lock`).
+        stays writable inside the sandbox (`flake.lock`). The default is a
+        checkout inside the state directory, which belongs to {option}`user`;
+        clone your lab there or point this at an existing checkout.
       '';
     };
 
@@ -319,6 +372,18 @@ in
       '';
     };
 
+    sshKeyPassphraseFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/lab-orchestrator/ssh-key-passphrase";
+      description = ''
+        Absolute path of a file whose first line is the passphrase of
+        {option}`sshKeyFile`. Like the key it is passed with LoadCredential=
+        and never copied to the Nix store (`ssh.passphrase_file` in
+        config/REFERENCE.md).
+      '';
+    };
+
     machines = mkOption {
       type = types.attrsOf machineSubmodule;
       default = { };
@@ -342,7 +407,7 @@ in
           split = partition (name: cfg.machines.${name}.local) (attrNames cfg.machines);
         in
         split.wrong ++ split.right;
-      defaultText = literalExpression "the names of `machines` in alphabetical order, the local machine last";
+      defaultText = literalMD "the names of {option}`machines` in alphabetical order, the local machine last";
       example = [
         "sleeper-service"
         "grey-area"
@@ -388,8 +453,28 @@ in
       '';
     };
 
+    configFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/etc/lab-orchestrator/lab.yaml";
+      description = ''
+        An orchestrator config file to use as it is, instead of the ones
+        generated from {option}`settings`, {option}`machines` and
+        {option}`rebootOrder` (which then go into no file). A file in the
+        Nix store is checked with `orchestrator validate-config` at build
+        time and linked to /etc/lab-orchestrator/config.yaml; one outside
+        it (e.g. with secrets) is read at run time only, and `orchestrator`
+        typed by hand needs `--config` for it. {option}`flake` still sets
+        the path kept writable in the sandbox: keep it the file's `flake`.
+        {option}`sshKeyFile` cannot be used with it: name the key as the
+        file's `ssh.identity_file`, readable by {option}`user`. Since the
+        file may have a `local: true` machine, {option}`user` is allowed to
+        reboot this machine (see {option}`user`).
+      '';
+    };
+
     configFiles = mkOption {
-      type = types.attrsOf types.package;
+      type = types.attrsOf types.path;
       internal = true;
       readOnly = true;
       description = "The generated config files: one per unit (`run`, `resume`) and `cli`, installed in /etc.";
@@ -423,6 +508,14 @@ in
           message = "services.lab-orchestrator.rebootOrder: the local machine (${toString localMachines}) must come last, since rebooting it ends the run.";
         }
         {
+          assertion = hhmmValid;
+          message = "services.lab-orchestrator.schedule = \"${cfg.schedule}\" is not a time of day: in the \"HH:MM\" form the hour must be 00-23 and the minute 00-59.";
+        }
+        {
+          assertion = cfg.configFile == null || cfg.sshKeyFile == null;
+          message = "services.lab-orchestrator.sshKeyFile cannot be used with services.lab-orchestrator.configFile: name the key as ssh.identity_file in that file.";
+        }
+        {
           assertion = hasPrefix "/" cfg.flake && !hasPrefix builtins.storeDir cfg.flake;
           message = "services.lab-orchestrator.flake must be an absolute path to a writable checkout (not a store path), got \"${cfg.flake}\".";
         }
@@ -433,14 +526,21 @@ in
           message = "services.lab-orchestrator.sshKeyFile must be an absolute path outside the Nix store, got \"${toString cfg.sshKeyFile}\".";
         }
         {
+          assertion = cfg.sshKeyPassphraseFile == null || cfg.sshKeyFile != null;
+          message = "services.lab-orchestrator.sshKeyPassphraseFile needs services.lab-orchestrator.sshKeyFile: it is that key's passphrase.";
+        }
+        {
+          assertion =
+            cfg.sshKeyPassphraseFile == null
+            || (
+              hasPrefix "/" cfg.sshKeyPassphraseFile
+              && !hasPrefix builtins.storeDir cfg.sshKeyPassphraseFile
+            );
+          message = "services.lab-orchestrator.sshKeyPassphraseFile must be an absolute path outside the Nix store, got \"${toString cfg.sshKeyPassphraseFile}\".";
+        }
+        {
           assertion = !(cfg.settings ? machines || cfg.settings ? order);
           message = "services.lab-orchestrator.settings: set machines and their order with services.lab-orchestrator.machines and services.lab-orchestrator.rebootOrder, not settings.machines/settings.order.";
-        }
-      ]
-      ++ [
-        {
-          assertion = localMachines == [ ] || config.security.polkit.enable;
-          message = "services.lab-orchestrator.machines.${toString localMachines}.local: rebooting this machine as ${cfg.user} goes through polkit; set security.polkit.enable = true.";
         }
       ]
       ++ mapAttrsToList (name: m: {
@@ -456,7 +556,7 @@ in
 
       environment.systemPackages = [ cfg.package ];
       # The CLI's default --config, so `orchestrator status` works by hand.
-      environment.etc."lab-orchestrator/config.yaml".source = configFiles.cli;
+      environment.etc."lab-orchestrator/config.yaml" = mkIf validateConfig { source = configFiles.cli; };
 
       users.users = mkIf dedicatedUser {
         ${defaultUser} = {
@@ -473,8 +573,11 @@ in
       # sudo this needs no privilege gain in the process, so it works under
       # NoNewPrivileges=. Only reboot actions are allowed; not
       # reboot-ignore-inhibit, so a held shutdown inhibitor makes the reboot
-      # fail (and the run report it) rather than be overridden.
-      security.polkit.extraConfig = mkIf (localMachines != [ ]) ''
+      # fail (and the run report it) rather than be overridden. polkit is off
+      # by default in NixOS (nixpkgs#156858), so it is turned on here, as
+      # nixpkgs modules do for a service they need.
+      security.polkit.enable = mkIf rebootsItself true;
+      security.polkit.extraConfig = mkIf rebootsItself ''
         // lab-orchestrator: let the service user reboot this machine, nothing else.
         polkit.addRule(function (action, subject) {
           if (subject.user == ${builtins.toJSON cfg.user} &&
@@ -487,13 +590,27 @@ in
 
       # A bad setting fails nixos-rebuild, not the 02:00 run.
       system.checks = [
-        (pkgs.runCommand "lab-orchestrator-validate-config" { } ''
+        # Parsed by this system's own systemd, which would otherwise refuse
+        # the timer at activation. (A schedule naming a time zone is checked
+        # against the zoneinfo systemd finds in the build sandbox.)
+        (pkgs.runCommand "lab-orchestrator-validate-schedule" { } ''
+          if ! ${config.systemd.package}/bin/systemd-analyze calendar ${escapeShellArg onCalendar} > /dev/null; then
+            echo ${
+              escapeShellArg "error: services.lab-orchestrator.schedule = \"${cfg.schedule}\" is not a systemd calendar expression (OnCalendar=, see systemd.time(7))."
+            } >&2
+            exit 1
+          fi
+          touch $out
+        '')
+      ]
+      ++ optional validateConfig (
+        pkgs.runCommand "lab-orchestrator-validate-config" { } ''
           ${orchestrator} --config ${configFiles.run} validate-config
           ${orchestrator} --config ${configFiles.resume} validate-config
           ${orchestrator} --config ${configFiles.cli} validate-config
           touch $out
-        '')
-      ];
+        ''
+      );
     }
 
     (
@@ -513,10 +630,13 @@ in
           StateDirectory = "lab-orchestrator";
           StateDirectoryMode = "0750";
           SyslogIdentifier = "lab-orchestrator";
+          # Run state and anything else the orchestrator writes are for the
+          # service user only.
+          UMask = "0077";
           PrivateTmp = true;
         }
-        // optionalAttrs (cfg.sshKeyFile != null) {
-          LoadCredential = [ "ssh-key:${cfg.sshKeyFile}" ];
+        // optionalAttrs (credentials != [ ]) {
+          LoadCredential = map (credential: "${credential.name}:${credential.file}") credentials;
         }
         // (
           if dedicatedUser then

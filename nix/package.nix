@@ -37,6 +37,7 @@ python3Packages.buildPythonApplication {
   dependencies = with python3Packages; [
     transitions
     asyncssh
+    bcrypt # asyncssh: OpenSSH-format keys with a passphrase
     httpx
     tenacity
     pydantic

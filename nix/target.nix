@@ -15,6 +15,8 @@
 let
   inherit (lib)
     concatMap
+    hasPrefix
+    mkDefault
     mkEnableOption
     mkIf
     mkOption
@@ -38,6 +40,17 @@ let
     # prefixed with sudo keeps working, and it changes nothing.
     "${systemctl} is-system-running"
   ]) systemctlPaths;
+
+  # `restrict` turns off port, agent and X11 forwarding and the PTY for the
+  # controller's key: it only runs commands. Options the key already has
+  # (`from="..." ssh-ed25519 ...`) are kept after it, comma-separated.
+  keyTypes = [
+    "ssh-"
+    "ecdsa-"
+    "sk-"
+  ];
+  restrictKey =
+    key: if builtins.any (type: hasPrefix type key) keyTypes then "restrict ${key}" else "restrict,${key}";
 in
 {
   options.services.lab-orchestrator-target = {
@@ -57,7 +70,12 @@ in
       type = types.listOf types.singleLineStr;
       default = [ ];
       example = [ "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... lab-orchestrator@controller" ];
-      description = "Public key(s) of the controller's {option}`services.lab-orchestrator.sshKeyFile`.";
+      description = ''
+        Public key(s) of the controller's
+        {option}`services.lab-orchestrator.sshKeyFile`. Each is installed
+        with the `restrict` option (no forwarding, no PTY); options given
+        before the key type are kept.
+      '';
     };
   };
 
@@ -81,20 +99,25 @@ in
       }
     ];
 
+    # A system user (no home, no password) that can still log in over SSH
+    # with a key: commands run through its shell. mkDefault: on a controller
+    # that is also a target, both modules default to the user
+    # lab-orchestrator, and the controller's definitions (its description,
+    # group and home) win instead of conflicting.
     users.users.${cfg.user} = {
-      # A system user (no home, no password) that can still log in over SSH
-      # with a key: commands run through its shell.
-      isSystemUser = true;
-      group = cfg.user;
-      useDefaultShell = true;
-      description = "lab-orchestrator controller access";
-      openssh.authorizedKeys.keys = cfg.authorizedKeys;
+      isSystemUser = mkDefault true;
+      group = mkDefault cfg.user;
+      useDefaultShell = mkDefault true;
+      description = mkDefault "lab-orchestrator controller access";
+      openssh.authorizedKeys.keys = map restrictKey cfg.authorizedKeys;
     };
     users.groups.${cfg.user} = { };
 
     security.sudo.extraRules = [
       {
         users = [ cfg.user ];
+        # As root only (the nixpkgs default is ALL:ALL).
+        runAs = "root";
         commands = map (command: {
           inherit command;
           options = [ "NOPASSWD" ];

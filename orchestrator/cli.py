@@ -9,12 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, OrchestratorError
-from orchestrator.paths import config_path, read_state_dir
+from orchestrator.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, OrchestratorError
+from orchestrator.paths import (
+    cached_verdict,
+    config_path,
+    read_config_text,
+    remember_invalid,
+    remember_valid,
+)
 
 if TYPE_CHECKING:
     from orchestrator.config import LoadedConfig
@@ -27,19 +35,44 @@ class Context:
         self.config_path = config_path(config_option, os.environ)
         self.debug = debug
 
-    def load(self) -> LoadedConfig:
+    def load(self, log_file: bool = True) -> LoadedConfig:
+        """The validated config, with logging set up (``log_file``: also to the config's file)."""
         from orchestrator import logs
-        from orchestrator.config import load_config
+        from orchestrator.config import parse_config
 
-        config = load_config(self.config_path)
-        logs.setup(self.debug, config.settings.log_file)
+        text = read_config_text(self.config_path)
+        config = parse_config(self.config_path, text)
+        remember_valid(text, os.environ, config.settings.state_dir)
+        logs.setup(self.debug, config.settings.log_file if log_file else None, self.config_path)
         return config
+
+    def state_dir(self) -> Path:
+        """``state_dir`` of the config, which must be valid: the full validation (pydantic)
+        runs only for a file content not yet known valid to this user, so ``status`` stays
+        fast; a broken one is remembered with its problem (see ``paths.cached_verdict``)."""
+        text = read_config_text(self.config_path)
+        verdict = cached_verdict(text, os.environ)
+        if isinstance(verdict, Path):
+            return verdict
+        prefix = f"{self.config_path}: "
+        if isinstance(verdict, str):
+            raise ConfigError(prefix + verdict)
+        from orchestrator.config import parse_config
+
+        try:
+            config = parse_config(self.config_path, text)
+        except ConfigError as exc:
+            if str(exc).startswith(prefix):
+                remember_invalid(text, os.environ, str(exc).removeprefix(prefix))
+            raise
+        remember_valid(text, os.environ, config.settings.state_dir)
+        return config.settings.state_dir.expanduser()
 
     def open_store(self) -> Store | None:
         """The store for reading, or None when no run was ever made."""
         from orchestrator.store import Store
 
-        state_dir = read_state_dir(self.config_path)
+        state_dir = self.state_dir()
         try:
             return Store.open(state_dir, create=False)
         except FileNotFoundError:
@@ -115,7 +148,14 @@ def status(ctx: Context, as_json: bool) -> int:
 
 
 @cli.command()
-@click.option("-n", "--limit", default=20, show_default=True, help="How many runs.")
+@click.option(
+    "-n",
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many runs (at least 1).",
+)
 @click.pass_obj
 def history(ctx: Context, limit: int) -> int:
     """Past runs, newest first, one line each."""
@@ -150,7 +190,7 @@ def plan(ctx: Context) -> int:
     from orchestrator.process import display
     from orchestrator.states import RunKind, work_states
 
-    config = ctx.load()
+    config = ctx.load(log_file=False)  # "changes nothing": not even an empty log file
     settings = config.settings
     click.echo(f"config: {config.path}")
     click.echo(
@@ -178,9 +218,11 @@ def plan(ctx: Context) -> int:
 @click.pass_obj
 def validate_config(ctx: Context) -> int:
     """Check the config file and exit (0: valid, 2: one line saying what is wrong)."""
-    from orchestrator.config import load_config
+    from orchestrator.config import parse_config
 
-    config = load_config(ctx.config_path)
+    text = read_config_text(ctx.config_path)
+    config = parse_config(ctx.config_path, text)
+    remember_valid(text, os.environ, config.settings.state_dir)
     click.echo(f"{config.path}: ok ({' -> '.join(config.machine_order)})")
     return EXIT_OK
 
@@ -236,12 +278,18 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         code = 130
+    except click.UsageError as exc:
+        # One line, like every other error: `error: -n/--limit: 0 is not in the range x>=1.`
+        command = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else ""
+        message = " ".join(exc.format_message().split())
+        click.echo(f"error: {message} (see: orchestrator{command} --help)", err=True)
+        code = EXIT_USAGE
     except click.ClickException as exc:
         exc.show()
-        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        code = exc.exit_code
     except OrchestratorError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still the error's own exit code
+            traceback.print_exc()
         click.echo(f"error: {exc}", err=True)
         code = exc.exit_code
     sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -13,19 +13,31 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from health_checks.base import Check, Timeouts
 from health_checks.registry import CHECK_TYPES, AnyCheck
-from health_checks.schema import Argv, ConfigModel, Duration, HostName, Port, PositiveDuration
+from health_checks.schema import (
+    Argv,
+    ConfigModel,
+    Duration,
+    FilePath,
+    HostName,
+    Port,
+    PositiveDuration,
+    UserName,
+)
 from orchestrator import defaults
 from orchestrator.errors import ConfigError
+from orchestrator.paths import load_yaml, read_config_text
 
 MACHINE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
 
 
 class CommandStep(ConfigModel):
+    """A step run on the controller. Every key has a default per step (``update``,
+    ``deploy``): a partial section such as ``deploy: {timeout: 1h}`` keeps the other key."""
+
     command: Argv = Field(
         description="argv list run in `flake` (never a shell string).",
         examples=[list(defaults.UPDATE_COMMAND)],
@@ -36,8 +48,19 @@ class CommandStep(ConfigModel):
     )
 
 
+def _step_defaults(command: tuple[str, ...], timeout: float) -> BeforeValidator:
+    """Fill the keys a partial ``update:``/``deploy:`` section leaves out from ``defaults``."""
+
+    def fill(value: object) -> object:
+        if isinstance(value, dict):
+            return {"command": list(command), "timeout": timeout} | value
+        return value
+
+    return BeforeValidator(fill)
+
+
 class SshSettings(ConfigModel):
-    user: str = Field(
+    user: UserName = Field(
         default=defaults.SSH_USER,
         description="SSH user; per machine: `machines.<name>.user`.",
         examples=["root"],
@@ -47,12 +70,18 @@ class SshSettings(ConfigModel):
         description="SSH port; per machine: `machines.<name>.port`.",
         examples=[22],
     )
-    identity_file: Path | None = Field(
+    identity_file: FilePath | None = Field(
         default=None,
         description="Private key; the SSH client's usual keys when unset.",
         examples=["/var/lib/lab-orchestrator/id_ed25519"],
     )
-    known_hosts: Path | list[Path] | None = Field(
+    passphrase_file: FilePath | None = Field(
+        default=None,
+        description="A file holding the passphrase of an encrypted `identity_file` (its first "
+        "line); the NixOS module feeds it with systemd's LoadCredential.",
+        examples=["/run/credentials/lab-orchestrator.service/ssh-passphrase"],
+    )
+    known_hosts: FilePath | list[FilePath] | None = Field(
         default=None,
         description="Host keys are always checked. A path or a list; when unset, "
         "`~/.ssh/known_hosts` and `/etc/ssh/ssh_known_hosts` (what NixOS's "
@@ -131,7 +160,7 @@ class LocalSettings(ConfigModel):
         description="Prints the controller's system state (`running`, `degraded`, …).",
         examples=[list(defaults.STATE_COMMAND)],
     )
-    boot_id_file: Path = Field(
+    boot_id_file: FilePath = Field(
         default=defaults.BOOT_ID_FILE,
         description="Where the controller's boot id is read.",
         examples=[str(defaults.BOOT_ID_FILE)],
@@ -170,7 +199,7 @@ class Machine(ConfigModel):
         description="Address or DNS name; required unless `local: true`.",
         examples=["grey-area.local"],
     )
-    user: str | None = Field(
+    user: UserName | None = Field(
         default=None, description="SSH user (default `ssh.user`).", examples=["root"]
     )
     port: Port | None = Field(
@@ -222,28 +251,32 @@ SEED_MACHINES_EXAMPLE = {
 
 
 class Config(ConfigModel):
-    flake: Path | None = Field(
+    flake: FilePath | None = Field(
         default=None,
         description="Working directory of the update and deploy commands (the original "
         "script's labPath). Default: the directory that holds the config file.",
         examples=["/home/geir/Home-lab"],
     )
-    state_dir: Path = Field(
+    state_dir: FilePath = Field(
         default=defaults.STATE_DIR,
         description="Where the run state (SQLite), the run lock and the run history live.",
         examples=[str(defaults.STATE_DIR)],
     )
-    log_file: Path | None = Field(
+    log_file: FilePath | None = Field(
         default=None,
         description="An extra log file; every event also goes to stderr (the journal).",
         examples=["/var/log/lab-orchestrator.log"],
     )
-    update: CommandStep = Field(
+    update: Annotated[
+        CommandStep, _step_defaults(defaults.UPDATE_COMMAND, defaults.UPDATE_TIMEOUT)
+    ] = Field(
         CommandStep(command=list(defaults.UPDATE_COMMAND), timeout=defaults.UPDATE_TIMEOUT),
         description="Step 1 of a nightly run: update the flake inputs.",
         examples=[{"command": list(defaults.UPDATE_COMMAND), "timeout": "15m"}],
     )
-    deploy: CommandStep = Field(
+    deploy: Annotated[
+        CommandStep, _step_defaults(defaults.DEPLOY_COMMAND, defaults.DEPLOY_TIMEOUT)
+    ] = Field(
         CommandStep(command=list(defaults.DEPLOY_COMMAND), timeout=defaults.DEPLOY_TIMEOUT),
         description="Step 2 of a nightly run: deploy every machine.",
         examples=[{"command": list(defaults.DEPLOY_COMMAND), "timeout": "45m"}],
@@ -348,6 +381,9 @@ def _describe(error: Any) -> str:
     if kind == "unknown_check_type":
         given = error["input"].get("type") if isinstance(error["input"], dict) else None
         return f"unknown check type {given!r} (one of: {', '.join(CHECK_TYPES)})"
+    if kind == "string_type" and isinstance(error.get("input"), bool):
+        # `command: [true]`: YAML reads true/false/yes/no/on/off as booleans.
+        return 'must be a string (YAML reads true, yes, on as a boolean: quote it, "true")'
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
@@ -416,13 +452,7 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
 
 
 def parse_config(path: Path, text: str) -> LoadedConfig:
-    try:
-        raw = yaml.safe_load(text)  # the pure loader: its error marks are the most exact
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{path}: {where}{problem}") from None
+    raw = load_yaml(path, text, exact=True)  # the pure loader: its error marks are the most exact
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: (top level): must be a mapping with at least `machines:`")
     try:
@@ -436,12 +466,4 @@ def parse_config(path: Path, text: str) -> LoadedConfig:
 
 
 def load_config(path: Path) -> LoadedConfig:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such file (pass --config or set ORCHESTRATOR_CONFIG)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return parse_config(path, text)
+    return parse_config(path, read_config_text(path))

@@ -12,11 +12,16 @@ Run policy lives here too: ``drive`` starts a run or continues the one in progre
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+
+import asyncssh
 
 from health_checks.clients import HttpClients
 from health_checks.gate import (
@@ -24,10 +29,11 @@ from health_checks.gate import (
     GatePolicy,
     GateRound,
     GateTarget,
+    Probe,
     probe_once,
     wait_until_healthy,
 )
-from orchestrator import lock, process, remote, report
+from orchestrator import keys, lock, process, remote, report
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, LockHeldError, OrchestratorError, StoreError
 from orchestrator.hooks import EventKind, EventPoint, Hook, RunEvent, command_hooks
@@ -42,7 +48,7 @@ from orchestrator.states import (
     StateName,
     build_machine,
 )
-from orchestrator.store import RunRecord, Store, now
+from orchestrator.store import RunRecord, StepProcess, Store, now
 
 log = logging.getLogger("orchestrator")
 
@@ -53,6 +59,13 @@ class RunAborted(OrchestratorError):
     def __init__(self, message: str, machine: str | None = None) -> None:
         super().__init__(message)
         self.machine = machine
+
+
+def internal_error(exc: BaseException) -> str:
+    """The one line recorded for an exception nobody foresaw (the traceback goes to the
+    debug log)."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)"
 
 
 class RunModel:
@@ -78,12 +91,23 @@ def make_host(
         host=address,
         port=port,
         user=user,
-        identity_file=ssh.identity_file.expanduser() if ssh.identity_file else None,
+        client_key=_client_key(ssh.identity_file, ssh.passphrase_file),
         known_hosts=tuple(ssh.known_hosts_files()),
         connect_timeout=ssh.connect_timeout,
     )
     known_hosts = remote.load_known_hosts(endpoint.known_hosts)
     return SshHost(endpoint, known_hosts, settings.reboot.command, pinned_key)
+
+
+@functools.cache
+def _client_key(identity_file: Path | None, passphrase_file: Path | None) -> asyncssh.SSHKey | None:
+    """The SSH identity, read once per process (a passphrase's KDF can take a second); a key
+    file that cannot be used is one ``OrchestratorError`` line, which aborts the run."""
+    if identity_file is None:
+        return None
+    return keys.load_identity(
+        identity_file.expanduser(), passphrase_file.expanduser() if passphrase_file else None
+    )
 
 
 def gate_policy(config: LoadedConfig) -> GatePolicy:
@@ -118,7 +142,29 @@ async def plan_probe(config: LoadedConfig) -> dict[str, GateRound]:
         await http.aclose()
         for host in hosts:
             await host.close()
-    return dict(zip(config.machine_order, rounds, strict=True))
+    return flag_shared_boot_ids(dict(zip(config.machine_order, rounds, strict=True)))
+
+
+def flag_shared_boot_ids(rounds: dict[str, GateRound]) -> dict[str, GateRound]:
+    """Fail every machine that reported the same boot id as another one.
+
+    A boot id is unique to one boot of one machine: two machines that share one are a cloned
+    VM or a name that leads to the wrong host, and the gate could never tell whether the
+    machine it rebooted came back. Each such round gets a failing ``boot id`` probe, first,
+    naming the other machines."""
+    by_boot_id: dict[str, list[str]] = {}
+    for name, result in rounds.items():
+        if result.boot_id is not None:
+            by_boot_id.setdefault(result.boot_id, []).append(name)
+    flagged = dict(rounds)
+    for names in by_boot_id.values():
+        for name in names if len(names) > 1 else ():
+            others = ", ".join(other for other in names if other != name)
+            probe = Probe("boot id", False, f"same as {others} (cloned machine or wrong host?)")
+            result = rounds[name]
+            rest = tuple(p for p in result.probes if p.name != "boot id")
+            flagged[name] = GateRound((probe, *rest), result.boot_id, result.host_key)
+    return flagged
 
 
 class Engine:
@@ -200,6 +246,14 @@ class Engine:
                     machine = getattr(exc, "machine", None) or state.machine
                     await self._end_aborted(str(exc), machine)
                     break
+                except Exception as exc:
+                    # A bug, or a failure nobody foresaw: the run must still end in a final
+                    # state, with the error on record, rather than stay half-way forever.
+                    # (Not BaseException: Ctrl-C or a cancellation is an interruption, and
+                    # the next run or resume continues from the saved state.)
+                    log.debug("run %d: internal error in %s", self.run_id, state, exc_info=True)
+                    await self._end_aborted(internal_error(exc), state.machine)
+                    break
                 await self._fire(ADVANCE)
         record = self.record
         for line in report.summary_lines(report.summarize(record)):
@@ -225,15 +279,12 @@ class Engine:
             return
         names = self.record.machine_names
         log.info("preflight: probing %s", ", ".join(names))
-        rounds = await asyncio.gather(
+        results = await asyncio.gather(
             *(probe_once(self.target(n), self._http, self.policy, ProbeFailed) for n in names)
         )
-        failures = [
-            f"{name}: {r.first_failure}"
-            for name, r in zip(names, rounds, strict=True)
-            if not r.passed
-        ]
-        for name, result in zip(names, rounds, strict=True):
+        rounds = flag_shared_boot_ids(dict(zip(names, results, strict=True)))
+        failures = [f"{name}: {r.first_failure}" for name, r in rounds.items() if not r.passed]
+        for name, result in rounds.items():
             self.store.record_probes(
                 self.run_id, name, result.as_json(), host_key=result.host_key, pin_host_key=True
             )
@@ -250,18 +301,56 @@ class Engine:
         await self._step("deploy", self.settings.deploy.command, self.settings.deploy.timeout)
 
     async def _step(self, label: str, argv: list[str], timeout: float) -> None:
+        await self._end_orphaned_step(label)
+        token = secrets.token_hex(16)
+
+        def started(pid: int) -> None:
+            # Committed before the command gets far: after a SIGKILL of this process, the
+            # resume finds the group and ends it before starting the step again.
+            stat = process.proc_stat(pid)
+            step = StepProcess(pid, stat.start if stat else None, process.boot_id(), token)
+            self.store.record_step_process(self.run_id, step)
+
         try:
             result = await process.run(
                 argv,
                 timeout=timeout,
                 cwd=self.config.flake_dir,
+                env={**os.environ, process.STEP_TOKEN_VARIABLE: token},
                 label=label,
                 log_output=True,
+                on_start=started,
             )
             result.check()
         except process.ProcessFailed as exc:
             raise RunAborted(f"{label}: {exc}") from None
+        finally:
+            # The group is stopped by now (process.run stops it on every exit).
+            if self.record.step_process is not None:
+                self.store.clear_step_process(self.run_id)
         log.info("%s: done", label)
+
+    async def _end_orphaned_step(self, label: str) -> None:
+        """End the step a killed orchestrator left running, so the step never runs twice at
+        once; a process group whose id was since reused by someone else is left alone."""
+        step = self.record.step_process
+        if step is None:
+            return
+        pgid = step.pgid
+        if process.is_our_group(pgid, step.leader_start, step.boot_id, step.token):
+            log.info(
+                "%s: the step of the interrupted run is still running (process group %d); "
+                "stopping it before starting again",
+                label,
+                pgid,
+            )
+            if not await process.end_group(pgid):
+                raise RunAborted(
+                    f"{label}: the step of the interrupted run (process group {pgid}) survived "
+                    "SIGKILL; not starting it again beside it"
+                )
+            log.info("%s: process group %d of the interrupted run has ended", label, pgid)
+        self.store.clear_step_process(self.run_id)
 
     async def rebooting(self, name: str | None) -> None:
         assert name is not None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from orchestrator import files
 from orchestrator.errors import LockHeldError, StoreError
 
 LOCK_FILE = "run.lock"
@@ -24,16 +25,29 @@ PID_FILE = "run.pid"
 
 def holder_pid(state_dir: Path) -> int | None:
     try:
-        return int((state_dir / PID_FILE).read_text().strip())
+        fd = os.open(state_dir / PID_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return int(os.read(fd, 64).decode().strip())
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
+
+
+def _lock(state_dir: Path) -> FileLock:
+    # The lock file is made (0600, never through a symbolic link) before filelock opens it,
+    # since filelock opens it by name with O_TRUNC.
+    os.close(files.open_private(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT))
+    return FileLock(state_dir / LOCK_FILE, timeout=0, mode=files.FILE_MODE, preserve_lock_file=True)
 
 
 @contextmanager
 def exclusive(state_dir: Path) -> Iterator[None]:
     try:
-        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        lock = FileLock(state_dir / LOCK_FILE, timeout=0, preserve_lock_file=True)
+        files.secure_dir(state_dir, create=True)
+        lock = _lock(state_dir)
         lock.acquire()
     except Timeout:
         pid = holder_pid(state_dir)
@@ -46,15 +60,19 @@ def exclusive(state_dir: Path) -> Iterator[None]:
         raise StoreError(f"cannot take the run lock in {state_dir}: {exc}") from None
     try:
         with contextlib.suppress(OSError):  # the PID is only a hint for the error message
-            (state_dir / PID_FILE).write_text(f"{os.getpid()}\n")
+            fd = files.open_private(state_dir / PID_FILE, os.O_WRONLY | os.O_CREAT, truncate=True)
+            try:
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
         yield
     finally:
         lock.release()
 
 
 def is_locked(state_dir: Path) -> bool:
-    lock = FileLock(state_dir / LOCK_FILE, timeout=0, preserve_lock_file=True)
     try:
+        lock = _lock(state_dir)
         lock.acquire()
     except Timeout:
         return True

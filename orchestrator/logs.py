@@ -10,7 +10,11 @@ from pathlib import Path
 from orchestrator.errors import ConfigError
 
 
-def setup(debug: bool = False, log_file: Path | None = None) -> logging.Logger:
+def setup(
+    debug: bool = False, log_file: Path | None = None, config_path: Path | None = None
+) -> logging.Logger:
+    """Logging to stderr, and to ``log_file`` if given; a log file that cannot be opened is a
+    ConfigError naming ``config_path`` (the file that set it), the key and the reason."""
     logger = logging.getLogger("orchestrator")
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
@@ -26,7 +30,10 @@ def setup(debug: bool = False, log_file: Path | None = None) -> logging.Logger:
         try:
             handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"log_file: cannot open {log_file}: {exc.strerror}") from None
+            where = f"{config_path}: " if config_path is not None else ""
+            raise ConfigError(
+                f"{where}log_file: cannot open {log_file}: {exc.strerror or exc}"
+            ) from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     # The libraries' own INFO lines (every SSH channel, every HTTP request) drown the events.

@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shlex
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from health_checks.text import from_host
 from orchestrator.errors import OrchestratorError
 
 log = logging.getLogger("orchestrator")
@@ -29,16 +29,14 @@ log = logging.getLogger("orchestrator")
 KILL_GRACE = 5.0  # SIGTERM → SIGKILL, and SIGKILL → reaped
 DEFAULT_MAX_OUTPUT = 64 * 1024  # per stream, head plus tail
 LOG_LINE_MAX = 4096  # one logged line; the rest of a longer one is counted
+DISPLAY_MAX = 4 * LOG_LINE_MAX  # the same line escaped (an escape takes up to 6 characters)
 _READ_CHUNK = 64 * 1024
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def display(argv: Sequence[str]) -> str:
     """``argv`` as one copy-pasteable shell line; control characters (a newline inside a
-    ``python -c`` script) shown as ``\\xNN`` so one event stays one log line."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", shlex.join(argv))
+    ``python -c`` script) shown escaped, so one event stays one log line."""
+    return from_host(shlex.join(argv), limit=DISPLAY_MAX)
 
 
 class ProcessFailed(OrchestratorError):
@@ -99,8 +97,10 @@ class CappedOutput:
 
 
 def last_line(text: str) -> str:
+    """The last non-blank line of a command's output, escaped: output of update/deploy and
+    of reboot commands relays what machines print."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:LOG_LINE_MAX] if lines else ""
+    return from_host(lines[-1]) if lines else ""
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,8 @@ class LineLogger:
             self._flush()
 
     def _flush(self) -> None:
-        text = self._line.decode(errors="replace").rstrip("\r")
+        # `lab deploy-all` relays what the machines print: escaped like any host text.
+        text = from_host(self._line.decode(errors="replace").rstrip("\r"), limit=DISPLAY_MAX)
         if self._overflow:
             text += f" [… {self._overflow} more bytes of this line]"
         self._emit(text)
@@ -205,11 +206,14 @@ async def spawn(
     stderr: int | None = None,
     label: str | None = None,
     grace: float = KILL_GRACE,
+    on_start: Callable[[int], None] | None = None,
 ) -> AsyncIterator[Child]:
     """Start ``argv`` in a new process group; the group is stopped when the block exits.
 
     ``stdin``/``stdout``/``stderr`` take ``asyncio.subprocess.PIPE``, ``DEVNULL`` or ``None``
-    (inherit). A program that cannot be started raises ``ProcessFailed``.
+    (inherit). A program that cannot be started raises ``ProcessFailed``. ``on_start`` is
+    called with the child's PID (its process group id) as soon as it runs; if it raises, the
+    group is stopped and the exception propagates.
     """
     argv = list(argv)
     if not argv or not argv[0]:
@@ -239,6 +243,8 @@ async def spawn(
         raise ProcessFailed(argv, reason=f"cannot start: {exc.strerror or exc}") from None
     child = Child(argv, process)
     try:
+        if on_start is not None:
+            on_start(child.pid)
         yield child
     finally:
         # Also on success: the leader may have exited and left its group behind.
@@ -269,13 +275,14 @@ async def run(
     label: str | None = None,
     log_output: bool = False,
     grace: float = KILL_GRACE,
+    on_start: Callable[[int], None] | None = None,
 ) -> Completed:
     """Run ``argv`` to completion within ``timeout`` seconds and return what it said.
 
     A non-zero exit is returned, not raised (``Completed.check()`` raises); failing to start
     and running past ``timeout`` raise ``ProcessFailed``. With ``log_output`` each line of
     both streams goes to the log as ``label: line`` while the command runs. ``grace`` is how
-    long a stopped child gets between SIGTERM and SIGKILL.
+    long a stopped child gets between SIGTERM and SIGKILL; ``on_start`` is as for ``spawn``.
     """
     stdout_kept, stderr_kept = CappedOutput(max_output), CappedOutput(max_output)
     prefix = f"{label}: " if label else ""
@@ -292,6 +299,7 @@ async def run(
         stderr=asyncio.subprocess.PIPE,
         label=label,
         grace=grace,
+        on_start=on_start,
     ) as child:
         process = child.process
         try:
@@ -319,3 +327,89 @@ async def _feed_stdin(process: asyncio.subprocess.Process, data: bytes | None) -
         await process.stdin.drain()
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         process.stdin.close()
+
+
+# -- a process group left behind by a killed orchestrator ---------------------------------------
+
+PROC = Path("/proc")
+BOOT_ID_FILE = PROC / "sys/kernel/random/boot_id"
+# Set in the environment of a step's command; every process of the step inherits it, so a
+# process group can be recognised as ours even after its leader has exited.
+STEP_TOKEN_VARIABLE = "ORCHESTRATOR_STEP_TOKEN"
+GONE_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    state: str  # field 3: R, S, D, Z, …
+    pgrp: int  # field 5
+    start: int  # field 22: clock ticks after boot
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    """``/proc/<pid>/stat``, or None when there is no such process."""
+    try:
+        data = (PROC / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")": split after it.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return ProcStat(fields[0].decode(), int(fields[2]), int(fields[19]))
+
+
+def boot_id() -> str:
+    return BOOT_ID_FILE.read_text().strip()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    members = []
+    for entry in os.scandir(PROC):
+        if entry.name.isdigit():
+            stat = proc_stat(int(entry.name))
+            if stat is not None and stat.pgrp == pgid and stat.state != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def carries_token(pid: int, token: str) -> bool:
+    try:
+        environ = (PROC / str(pid) / "environ").read_bytes()
+    except OSError:
+        return False
+    return f"{STEP_TOKEN_VARIABLE}={token}".encode() in environ.split(b"\0")
+
+
+def is_our_group(pgid: int, leader_start: int | None, boot: str, token: str) -> bool:
+    """Whether process group ``pgid`` is still the one a step started, never a recycled id.
+
+    Ours if, on the same boot, its leader is the very process we started (same PID and start
+    time), or, once the leader has exited, a member still carries the step's token. A PID is
+    not reused while its process group has members, so a group whose leader has a different
+    start time is someone else's."""
+    if boot != boot_id():
+        return False  # the group ended with the boot it ran in
+    leader = proc_stat(pgid)
+    if leader is not None and leader.state != "Z":
+        return leader.pgrp == pgid and leader.start == leader_start
+    return any(carries_token(pid, token) for pid in group_members(pgid))
+
+
+async def _until_gone(pgid: int, limit: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + limit
+    while group_members(pgid):
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(GONE_POLL)
+    return True
+
+
+async def end_group(pgid: int, grace: float = KILL_GRACE) -> bool:
+    """SIGTERM to process group ``pgid``, SIGKILL after ``grace``; True once no live member
+    is left (checked, not assumed), False if one survived SIGKILL for ``grace`` too."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        if await _until_gone(pgid, grace):
+            return True
+    return False

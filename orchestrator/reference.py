@@ -14,13 +14,13 @@ import json
 import sys
 import textwrap
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 from pydantic.fields import FieldInfo
 
 from health_checks.registry import CHECK_TYPES
@@ -48,6 +48,7 @@ class Section:
     intro: str  # the description of the field that holds the section
     tag: str | None = None  # the check type, for one member of a union of models
     defaults: BaseModel | None = None  # the section's value when it is omitted, if it may be
+    partial: bool = False  # a partial section gets the omitted keys from ``defaults``
     examples: Any = None  # example values the parent field gives for this section's keys
 
     @property
@@ -107,6 +108,20 @@ def is_duration(field: FieldInfo) -> bool:
     )
 
 
+def _accepts_empty(model: type[BaseModel], field: FieldInfo) -> bool:
+    """Whether the field's section may be given as ``{}``: each key has its own default, or
+    the field's before-validators fill them in (``update: {timeout: 5m}``)."""
+    value: Any = {}
+    for meta in field.metadata:
+        if isinstance(meta, BeforeValidator):
+            value = typing.cast(Callable[[Any], Any], meta.func)(value)
+    try:
+        model.model_validate(value)
+    except ValidationError:
+        return False
+    return True
+
+
 def _tags() -> dict[type[BaseModel], str]:
     return {model: name for name, model in CHECK_TYPES.items()}
 
@@ -125,6 +140,7 @@ def child_sections(path: str, field: FieldInfo) -> list[Section]:
                 model,
                 intro,
                 defaults=default if isinstance(default, BaseModel) else None,
+                partial=_accepts_empty(model, field),
                 examples=example,
             )
         ]
@@ -221,7 +237,8 @@ def default_text(section: Section, name: str, field: FieldInfo) -> str | None:
     """The default of a key as inline YAML in backticks, ``required``, or None when unset."""
     if section.defaults is not None:
         value = getattr(section.defaults, name)
-        suffix = f" (required when `{section.path}` is set)" if field.is_required() else ""
+        required = field.is_required() and not section.partial
+        suffix = f" (required when `{section.path}` is set)" if required else ""
     elif field.is_required():
         return "required"
     else:
@@ -277,8 +294,9 @@ def _intro() -> list[str]:
     return [
         *_wrap(first, WIDTH),
         "",
-        "- Durations: `30s`, `10m`, `2h`, `1h30m`, or a plain number of seconds.",
-        "- Unknown keys are errors: a typo must never silently drop a health check.",
+        "- Durations: `30s`, `10m`, `2h`, `1h30m`, or a plain number of seconds; at most 7 days.",
+        "- Unknown keys and duplicate keys are errors: a typo must never silently drop a health "
+        "check.",
         *_bullet(errors),
         "",
         "  ```",
@@ -429,7 +447,8 @@ def _example_header() -> list[str]:
         f"# Generated from the schema by `{REGENERATE}`; do not edit by hand.",
         f"# The defaults of every key: {REFERENCE_FILE} beside this file.",
         f"# Copy to {defaults.CONFIG_PATH} (or pass --config / set ORCHESTRATOR_CONFIG).",
-        "# Durations: 30s, 10m, 2h, 1h30m, or a plain number of seconds. Unknown keys are errors.",
+        "# Durations: 30s, 10m, 2h, 1h30m, or a plain number of seconds (at most 7 days).",
+        "# Unknown keys and duplicate keys are errors.",
         "# Within `machines`, the first entry of each kind shows every key with its comment.",
     ]
 

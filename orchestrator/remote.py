@@ -8,14 +8,31 @@ controller itself, through the process runner. Both satisfy one ``Host`` protoco
 asyncssh pitfalls handled here (see STYLE.md): host keys are always checked against explicit
 known_hosts files; connect, login and every command share one deadline; a connection that
 drops mid-command leaves ``exit_status`` at None, which is checked by hand; output is read
-with a cap rather than buffered whole.
+with a cap rather than buffered whole, through a small channel window, so a host that writes
+without end costs bounded memory (see ``SshHost.run``).
+
+**Quoting for any login shell.** sshd hands the command string to the remote user's login
+shell, and shells disagree on quoting: ``shlex.join``'s ``'x\\'`` is one word to sh, bash and
+zsh but an unterminated quote to fish, whose single quotes honour ``\\'``. So the string sent
+is only ever made of words every shell reads alike (``remote_command``): a command whose words
+are all plain (``cat /proc/sys/kernel/random/boot_id``) goes as it is; any other is sent as
+``exec /bin/sh -s -- x<octal> ...``, each word's bytes as octal digits, and ``DECODER`` on
+stdin has POSIX ``/bin/sh`` (with ``printf`` and ``sed``, both on every NixOS and Debian
+system) turn them back into the exact argv and ``exec`` it. Nothing in the string can be
+misread by bash, zsh, fish, tcsh or sh; the command's stdin is at end of file either way.
+
+**Host text.** What a host prints is data: ``run`` returns it raw for parsers (a boot id,
+``systemctl is-active``'s lines). Every text this module makes *about* a host — an error with
+the SSH disconnect reason, the system state, a refused reboot's output — goes through
+``health_checks.text.from_host`` (control characters escaped, length capped) before it can
+reach a log line, the store, ``status`` or ``history``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shlex
+import re
 import socket
 import time
 import uuid
@@ -26,6 +43,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from health_checks.text import from_host
 from orchestrator import defaults, process
 from orchestrator.errors import OrchestratorError
 from orchestrator.process import CappedOutput, Completed
@@ -36,6 +54,15 @@ SYSTEM_STATE = list(defaults.STATE_COMMAND)
 BOOT_ID_MAX_OUTPUT = 64
 STATE_MAX_OUTPUT = 1024
 REBOOT_MAX_OUTPUT = 4096
+# The most of a system state shown in a probe or message.
+STATE_SHOWN = 200
+# The SSH receive window of one command: what a host may have in flight towards us. asyncssh
+# asks for more only as we read, so this (plus one read) bounds a channel's buffers.
+CHANNEL_WINDOW = 256 * 1024
+# The least stderr kept (and, for answers of a known size, tolerated) of any command.
+STDERR_CAP = 4096
+# How long a closed channel may take to confirm its close before the connection is dropped.
+CLOSE_GRACE = 1.0
 PROBE_KILL_GRACE = 0.5
 # A reboot command that has not answered by then was delivered; the host is going down.
 REBOOT_COMMAND_TIMEOUT = 30.0
@@ -73,14 +100,69 @@ def parse_boot_id(text: str) -> str | None:
 
 
 def _reason(exc: BaseException) -> str:
+    """Why an SSH operation failed, in one sanitised line: asyncssh's message may carry the
+    host's own words (a disconnect reason), which are escaped like all host text."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, asyncssh.PermissionDenied):
         return "authentication failed (check ssh.identity_file and the machine's authorized keys)"
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0]
+    return from_host(str(exc) or type(exc).__name__, 300)
+
+
+# Words that sh, bash, dash, zsh, fish and tcsh all read as themselves: no quotes, escapes,
+# globs, expansions, braces, comments or separators. The first word is also a command name:
+# no `=` (an assignment to sh) and no leading `@` (a tcsh builtin) or `-`/`.`.
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9@+:,./_-][A-Za-z0-9@+=:,./_-]*")
+_PLAIN_COMMAND = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9+:,./_-]*")
+
+# Run by POSIX /bin/sh from stdin (`sh -s -- WORD...`): each WORD is `x` and three octal digits
+# per byte; printf's `\ooo` format escapes turn them back into bytes (a trailing `x` keeps
+# command substitution from eating trailing newlines), then the exact argv is exec'd.
+DECODER = r"""set -eu
+for w do
+    shift
+    d=$(printf %s "${w#x}" | sed 's/[0-7][0-7][0-7]/\\&/g')
+    d=$(printf "${d}x")
+    set -- "$@" "${d%x}"
+done
+exec "$@"
+"""
+
+
+def is_plain(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` can go to any login shell as it is (see ``remote_command``)."""
+    return bool(argv) and all(
+        (_PLAIN_COMMAND if index == 0 else _PLAIN_WORD).fullmatch(word)
+        for index, word in enumerate(argv)
+    )
+
+
+def encode_word(word: str) -> str:
+    return "x" + "".join(f"{byte:03o}" for byte in word.encode("utf-8", "surrogateescape"))
+
+
+def remote_command(argv: Sequence[str]) -> tuple[str, bytes | None]:
+    """The command string for sshd and what to send on its stdin (None: nothing, stdin is
+    /dev/null) so the remote side executes exactly ``argv``, whatever the login shell."""
+    if not argv:
+        raise ValueError("empty argv")
+    if any("\0" in word for word in argv):
+        raise ValueError("a NUL byte cannot be part of an argument")
+    if is_plain(argv):
+        return " ".join(argv), None
+    words = " ".join(encode_word(word) for word in argv)
+    return f"exec /bin/sh -s -- {words}", DECODER.encode()
+
+
+class OutputOverflow(ProbeFailed):
+    """The command wrote more than its cap before it ended: reading stopped, channel closed."""
+
+    def __init__(self, message: str, head: str, limit: int) -> None:
+        super().__init__(message)
+        self.head = head  # what was kept of the stream that overflowed (raw host text)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -89,7 +171,7 @@ class SshEndpoint:
     host: str
     port: int
     user: str
-    identity_file: Path | None
+    client_key: asyncssh.SSHKey | None  # ssh.identity_file, loaded; None: the client's own
     known_hosts: tuple[Path, ...]
     connect_timeout: float
 
@@ -180,7 +262,12 @@ class Host(Protocol):
     def host_key(self) -> str | None: ...
 
     async def run(
-        self, argv: Sequence[str], timeout: float, max_output: int = ...
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        max_output: int = ...,
+        *,
+        stop_at_cap: bool = ...,
     ) -> Completed: ...
     async def read_boot_id(self, timeout: float) -> str | None: ...
     async def system_state(self, timeout: float) -> str: ...
@@ -190,11 +277,11 @@ class Host(Protocol):
 
 
 def _refused(name: str, result: Completed) -> RebootRefused:
-    try:
-        result.check()
-    except process.ProcessFailed as exc:
-        return RebootRefused(f"{name}: {exc}")
-    raise AssertionError("only called for a failed command")
+    said = process.last_line(result.stderr) or process.last_line(result.stdout)
+    return RebootRefused(
+        f"{name}: `{from_host(process.display(result.argv), 200)}` failed with exit code "
+        f"{result.returncode}" + (f": {from_host(said, 300)}" if said else "")
+    )
 
 
 class SshHost:
@@ -234,8 +321,8 @@ class SshHost:
         self._conn = None
         endpoint = self.endpoint
         options: dict[str, object] = {}
-        if endpoint.identity_file is not None:
-            options["client_keys"] = [str(endpoint.identity_file)]
+        if endpoint.client_key is not None:
+            options["client_keys"] = [endpoint.client_key]
             options["agent_path"] = None
         limit = min(timeout, endpoint.connect_timeout)
         deadline = time.monotonic() + limit
@@ -277,52 +364,124 @@ class SshHost:
         return conn
 
     async def run(
-        self, argv: Sequence[str], timeout: float, max_output: int = process.DEFAULT_MAX_OUTPUT
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        max_output: int = process.DEFAULT_MAX_OUTPUT,
+        *,
+        stop_at_cap: bool = False,
     ) -> Completed:
         """The only way a command reaches a remote machine.
 
         One deadline covers connecting (when the connection is not open) and the command.
-        The remote side always goes through the user's shell; ``shlex.join`` makes every word
-        a single literal there, so the machine runs exactly the configured argv. Each stream
-        keeps at most ``max_output`` bytes. Raises ``ConnectFailed`` when the command was not
-        sent and ``ProbeFailed`` when it was but no exit status came back.
+        The remote side goes through the user's login shell, whichever it is; what it executes
+        is exactly ``argv`` (``remote_command``). Each stream keeps at most ``max_output``
+        bytes (head and tail); the rest is read and dropped as it comes, through a channel
+        window of ``CHANNEL_WINDOW``, so memory stays bounded however much the host writes and
+        the exit code still decides. With ``stop_at_cap`` a stream that passes the cap ends
+        the command at once (``OutputOverflow``): for answers of a known small size, where
+        more output can only be wrong and reading on would only burn the deadline.
+
+        Raises ``ConnectFailed`` when the command was not sent and ``ProbeFailed`` when it was
+        but no exit status came back.
         """
         deadline = time.monotonic() + timeout
+        command, script = remote_command(argv)
+        shown = from_host(process.display(argv), 200)
         conn = await self._connection(timeout)
-        command = shlex.join(argv)
-        stdout, stderr = CappedOutput(max_output), CappedOutput(max_output)
+        # stderr is only ever an explanation, and login-shell noise (a locale warning from a
+        # dotfile) must not make a 37-byte boot id "too long": it gets at least STDERR_CAP.
+        err_cap = max(max_output, STDERR_CAP)
+        stdout, stderr = CappedOutput(max_output), CappedOutput(err_cap)
+        overflow: OutputOverflow | None = None
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                async with conn.create_process(
-                    command, stdin=asyncssh.DEVNULL, encoding=None
-                ) as remote:
-                    await asyncio.gather(
-                        _drain(remote.stdout, stdout), _drain(remote.stderr, stderr)
-                    )
-                    await remote.wait_closed()
-                    status = remote.exit_status
+                remote = await conn.create_process(
+                    command,
+                    stdin=asyncssh.DEVNULL if script is None else asyncssh.PIPE,
+                    encoding=None,
+                    window=CHANNEL_WINDOW,
+                )
+                try:
+                    if script is not None:
+                        remote.stdin.write(script)
+                        remote.stdin.write_eof()
+                    drains = [
+                        asyncio.ensure_future(
+                            _drain(remote.stdout, stdout, max_output if stop_at_cap else None)
+                        ),
+                        asyncio.ensure_future(
+                            _drain(remote.stderr, stderr, err_cap if stop_at_cap else None)
+                        ),
+                    ]
+                    try:
+                        await asyncio.gather(*drains)
+                    except _CapReached as cap:
+                        head = (stdout if cap.stream is stdout else stderr).text()
+                        overflow = OutputOverflow(
+                            f"ssh: {shown}: wrote more than {cap.stream.limit} bytes; "
+                            "stopped reading",
+                            head,
+                            cap.stream.limit,
+                        )
+                    finally:
+                        for drain in drains:
+                            drain.cancel()
+                finally:
+                    # Only this channel goes (other probes share the connection). A host
+                    # that does not answer the close loses the connection instead: the
+                    # wait never takes the deadline.
+                    remote.close()
+                    try:
+                        async with asyncio.timeout(CLOSE_GRACE):
+                            await remote.wait_closed()
+                    except TimeoutError:
+                        self.drop()
+                status = remote.exit_status
         except (OSError, TimeoutError, asyncssh.Error) as exc:
             self.drop()
-            raise ProbeFailed(f"ssh: {command}: {_reason(exc)}") from None
+            raise ProbeFailed(f"ssh: {shown}: {_reason(exc)}") from None
+        if overflow is not None:
+            raise overflow
         if status is None:
             self.drop()
-            raise ProbeFailed(f"ssh: connection lost during {command}")
+            raise ProbeFailed(f"ssh: connection lost during {shown}")
         return Completed(tuple(argv), status, stdout.text(), stderr.text())
 
     async def read_boot_id(self, timeout: float) -> str | None:
-        result = await self.run(READ_BOOT_ID, timeout, BOOT_ID_MAX_OUTPUT)
+        try:
+            result = await self.run(READ_BOOT_ID, timeout, BOOT_ID_MAX_OUTPUT, stop_at_cap=True)
+        except OutputOverflow:
+            return None  # more than a boot id is not a boot id
         return parse_boot_id(result.stdout) if result.returncode == 0 else None
 
     async def system_state(self, timeout: float) -> str:
-        # is-system-running exits non-zero for anything but "running": read its word instead.
-        result = await self.run(SYSTEM_STATE, timeout, STATE_MAX_OUTPUT)
-        return result.stdout.strip() or f"unknown (exit {result.returncode})"
+        try:
+            result = await self.run(SYSTEM_STATE, timeout, STATE_MAX_OUTPUT, stop_at_cap=True)
+        except OutputOverflow as exc:
+            # Never a state: a state is one word. Show how it began.
+            head = exc.head.strip()[:STATE_SHOWN]
+            return from_host(f"not a state: more than {exc.limit} bytes: {head}", STATE_SHOWN)
+        return state_word(result.stdout, result.stderr, result.returncode)
 
     async def request_reboot(self) -> None:
+        """Send the reboot command. Its exit code decides; a connection that drops (or a
+        command still silent at ``REBOOT_COMMAND_TIMEOUT``) is a host going down, which the
+        gate then has to prove. A command that writes more than ``REBOOT_MAX_OUTPUT`` is
+        neither: the host is up and talking, not rebooting, so that is ``RebootRefused``."""
         try:
-            result = await self.run(self._reboot_argv, REBOOT_COMMAND_TIMEOUT, REBOOT_MAX_OUTPUT)
+            result = await self.run(
+                self._reboot_argv, REBOOT_COMMAND_TIMEOUT, REBOOT_MAX_OUTPUT, stop_at_cap=True
+            )
         except ConnectFailed as exc:
             raise RebootRefused(f"{self.name}: cannot send the reboot: {exc}") from None
+        except OutputOverflow as exc:
+            first = process.last_line(exc.head.split("\n", 1)[0])
+            raise RebootRefused(
+                f"{self.name}: the reboot command kept writing (more than {exc.limit} "
+                "bytes) instead of ending; not taken as a reboot"
+                + (f": {from_host(first, 200)}" if first else "")
+            ) from None
         except ProbeFailed as exc:
             # The host going down under us is the expected outcome of a reboot.
             log.debug("%s: reboot command ended with %s", self.name, exc)
@@ -341,9 +500,33 @@ class SshHost:
         self.drop()
 
 
-async def _drain(stream: asyncssh.SSHReader[bytes], sink: CappedOutput) -> None:
+class _CapReached(Exception):
+    def __init__(self, stream: CappedOutput) -> None:
+        super().__init__("output cap reached")
+        self.stream = stream
+
+
+async def _drain(
+    stream: asyncssh.SSHReader[bytes], sink: CappedOutput, stop_after: int | None
+) -> None:
+    seen = 0
     while chunk := await stream.read(65536):
         sink.feed(chunk)
+        seen += len(chunk)
+        if stop_after is not None and seen > stop_after:
+            raise _CapReached(sink)
+
+
+def state_word(stdout: str, stderr: str, returncode: int | None) -> str:
+    """What ``systemctl is-system-running`` said, made fit for a probe: its answer (one word
+    on a healthy host, anything on a broken or hostile one) sanitised and capped; never equal
+    to ``running`` unless that is exactly what it printed."""
+    answer = stdout.strip()
+    if answer:
+        return from_host(answer, STATE_SHOWN)
+    why = f"exit {returncode}" if returncode is not None else "no answer"
+    said = process.last_line(stderr)
+    return from_host(f"unknown ({why}{': ' + said if said else ''})", STATE_SHOWN)
 
 
 class LocalHost:
@@ -370,26 +553,33 @@ class LocalHost:
         return None  # reached without SSH: there is no host key to pin
 
     async def run(
-        self, argv: Sequence[str], timeout: float, max_output: int = process.DEFAULT_MAX_OUTPUT
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        max_output: int = process.DEFAULT_MAX_OUTPUT,
+        *,
+        stop_at_cap: bool = False,
     ) -> Completed:
+        # The local runner always reads on (dropping past the cap): the controller's own
+        # programs are trusted to end. ``stop_at_cap`` is accepted for the same signature.
         try:
             # A probe's deadline is short: a child that ignores SIGTERM must not stretch it.
             return await process.run(
                 argv, timeout=timeout, max_output=max_output, grace=PROBE_KILL_GRACE
             )
         except process.ProcessFailed as exc:
-            raise ProbeFailed(str(exc)) from None
+            raise ProbeFailed(from_host(str(exc))) from None
 
     async def read_boot_id(self, timeout: float) -> str | None:
         try:
             with self.boot_id_file.open("rb") as boot_id:
                 return parse_boot_id(boot_id.read(BOOT_ID_MAX_OUTPUT).decode(errors="replace"))
         except OSError as exc:
-            raise ProbeFailed(f"boot id: {self.boot_id_file}: {exc.strerror}") from None
+            raise ProbeFailed(from_host(f"boot id: {self.boot_id_file}: {exc.strerror}")) from None
 
     async def system_state(self, timeout: float) -> str:
         result = await self.run(self.state_command, timeout, STATE_MAX_OUTPUT)
-        return result.stdout.strip() or f"unknown (exit {result.returncode})"
+        return state_word(result.stdout, result.stderr, result.returncode)
 
     async def request_reboot(self) -> None:
         try:

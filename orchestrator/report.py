@@ -13,8 +13,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from health_checks.text import from_host
 from orchestrator.states import Phase, machine_state
 from orchestrator.store import MachineRecord, RunRecord, iso, now
+
+STATUS_NOTE_MAX = 2048  # one machine's notes or one error, as shown by status and history
 
 
 class Outcome(StrEnum):
@@ -191,6 +194,8 @@ def status_text(run: RunRecord | None) -> None:
         probes = machine["last_probes"]
         failing = [f"{p['probe']}: {p['detail']}" for p in probes if not p["ok"]]
         notes = machine["error"] or "; ".join(failing) or (f"{len(probes)} ok" if probes else "")
+        # Escaped again on display: a run stored by an older version may hold raw host text.
+        notes = from_host(notes, limit=STATUS_NOTE_MAX)
         took = machine["reboot_to_healthy_s"]
         boot_ids = (machine["boot_id_before"] or "")[:8]
         if machine["boot_id_after"]:
@@ -205,7 +210,7 @@ def status_text(run: RunRecord | None) -> None:
     console.print(table)
     console.print(f"started {data['started_at']}, finished {data['finished_at'] or '-'}")
     if run.error:
-        console.print(f"error: {run.error}")
+        console.print(f"error: {from_host(run.error, limit=STATUS_NOTE_MAX)}")
 
 
 def history_lines(runs: list[RunRecord]) -> list[str]:
@@ -215,7 +220,7 @@ def history_lines(runs: list[RunRecord]) -> list[str]:
         lines.append(
             f"{run.run_id:>5}  {iso(run.started_at)}  {run.kind.value:<7}  {run.state:<28}  "
             + (f"{took:>8.1f}s" if took is not None else "         -")
-            + (f"  {run.error}" if run.error else "")
+            + (f"  {from_host(run.error, limit=STATUS_NOTE_MAX)}" if run.error else "")
         )
     return lines
 

@@ -11,18 +11,19 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
+from orchestrator import files
 from orchestrator.errors import StoreError
-from orchestrator.states import FINAL_STATES, Phase, RunKind
+from orchestrator.states import FINAL_STATES, Phase, RunKind, all_states
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_FILE = "state.db"
 
 _SCHEMA = """
@@ -36,7 +37,11 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     abort_requested_at TEXT,
     config_path TEXT NOT NULL,
-    end_reported_at TEXT
+    end_reported_at TEXT,
+    step_pgid INTEGER,
+    step_leader_start INTEGER,
+    step_boot_id TEXT,
+    step_token TEXT
 );
 CREATE TABLE IF NOT EXISTS machines (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -73,6 +78,104 @@ def parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+_T = TypeVar("_T")
+
+
+# -- reading rows: every value checked, so a malformed row is one StoreError line ------------
+
+
+class _RowReader:
+    """Reads one column of a row of run ``run_id`` through a parser; a value the parser
+    rejects (a bad kind, timestamp or JSON, a wrong type) becomes one ``StoreError`` line
+    naming the store, the run and the column, never a traceback in status or a run."""
+
+    def __init__(self, path: Path, run_id: int) -> None:
+        self.path = path
+        self.run_id = run_id
+
+    def __call__(self, row: sqlite3.Row, table: str, column: str, parse: Callable[[Any], _T]) -> _T:
+        value = row[column] if column in row.keys() else None  # noqa: SIM118 (Row: values)
+        try:
+            return parse(value)
+        except (ValueError, TypeError, KeyError) as exc:
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            reason = " ".join(str(exc).split())
+            raise StoreError(
+                f"state store {self.path}: run {self.run_id} has a malformed {table}.{column} "
+                f"({shown}: {reason}); fix or delete that row, or move the store aside"
+            ) from None
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not text but {type(value).__name__}")
+    return value
+
+
+def _optional_text(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _integer(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"not an integer but {type(value).__name__}")
+    return value
+
+
+def _timestamp(value: object) -> datetime | None:
+    if value is None or value == "":
+        return None
+    moment = datetime.fromisoformat(_text(value))
+    if moment.tzinfo is None:
+        raise ValueError("a timestamp without a time zone")
+    return moment
+
+
+def _required_timestamp(value: object) -> datetime:
+    moment = _timestamp(value)
+    if moment is None:
+        raise ValueError("missing")
+    return moment
+
+
+def _probes(value: object) -> list[dict[str, Any]]:
+    probes = json.loads(_text(value)) if value is not None else []
+    if not isinstance(probes, list) or not all(
+        isinstance(p, dict)
+        and isinstance(p.get("probe"), str)
+        and isinstance(p.get("ok"), bool)
+        and isinstance(p.get("detail"), str)
+        for p in probes
+    ):
+        raise ValueError('not a list of {"probe", "ok", "detail"} objects')
+    return probes
+
+
+def _owner(path: Path) -> str:
+    try:
+        return f" (uid {path.stat().st_uid})"
+    except OSError:
+        return ""
+
+
+def _step_process(row: sqlite3.Row) -> StepProcess:
+    start = row["step_leader_start"]
+    return StepProcess(
+        pgid=_integer(row["step_pgid"]),
+        leader_start=None if start is None else _integer(start),
+        boot_id=_text(row["step_boot_id"]),
+        token=_text(row["step_token"]),
+    )
+
+
+def _state(value: object, kind: RunKind, machines: list[str]) -> str:
+    state = _text(value)
+    if state not in all_states(kind, machines):
+        raise ValueError("not a state of this run")
+    return state
+
+
 @dataclass(frozen=True)
 class MachineRecord:
     run_id: int
@@ -90,6 +193,18 @@ class MachineRecord:
 
 
 @dataclass(frozen=True)
+class StepProcess:
+    """The process group of the update or deploy step in progress, and how to be sure it is
+    that group: the leader's start time (``/proc/<pid>/stat`` field 22, clock ticks after
+    boot) on this boot, and a random token in the environment of every process of the step."""
+
+    pgid: int
+    leader_start: int | None
+    boot_id: str
+    token: str
+
+
+@dataclass(frozen=True)
 class RunRecord:
     run_id: int
     kind: RunKind
@@ -103,6 +218,8 @@ class RunRecord:
     # When the end of the run was reported to the hooks; None on a finished run means the
     # report is still owed (the process died between the final state and the hooks).
     end_reported_at: datetime | None = None
+    # The update/deploy step's process group while it runs (schema 3); None otherwise.
+    step_process: StepProcess | None = None
 
     @property
     def finished(self) -> bool:
@@ -141,13 +258,25 @@ class Store:
         (status, history, abort), which never write the schema and raise FileNotFoundError
         when there is no store yet — they must not race a starting run for its creation."""
         path = state_dir / STORE_FILE
-        if not create and not path.exists():
-            raise FileNotFoundError(path)
+        if not create:
+            try:
+                os.lstat(path)
+            except PermissionError:
+                owner = _owner(state_dir)
+                raise StoreError(
+                    f"cannot read state store {path}: permission denied; run this as the user "
+                    f"that owns {state_dir}{owner} or as root"
+                ) from None
         try:
+            # Nobody else may be able to plant or swap a file here (see ``files``): a forged
+            # row would be obeyed, a linked file would get our tables added to it.
+            files.secure_dir(state_dir, create=create, reader=not create)
+            if create and not os.path.lexists(path):
+                cls._create(path)
+            files.check_file(path, reader=not create)
             if create:
-                state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-                if not path.exists():
-                    cls._create(path)
+                for suffix in ("", "-wal", "-shm"):  # 0600, also when made by an older version
+                    files.tighten(path.with_name(path.name + suffix))
             if path.stat().st_size == 0:
                 # _create never leaves an empty store behind, so this one lost its contents;
                 # sqlite would take it for a new database (and discard its WAL): a run in
@@ -198,6 +327,9 @@ class Store:
         try:
             for leftover in leftovers:
                 leftover.unlink(missing_ok=True)
+            # Made 0600 before sqlite opens it; its journal (and later the WAL and shm files)
+            # get the same mode from sqlite.
+            os.close(files.open_private(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
             # A rollback journal here (``open`` switches to WAL): every commit is in the file
             # itself by the time it is renamed, none left behind in a WAL beside it.
             with contextlib.closing(sqlite3.connect(fresh, isolation_level=None)) as db:
@@ -263,14 +395,23 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) == 1:
+                return
+            version = int(row[0])
+            if version == SCHEMA_VERSION:
+                return
+            if version not in _READABLE_VERSIONS:
+                raise sqlite3.DatabaseError(f"unknown schema version {row[0]}")
+            if version < 2:
                 # Version 2 remembers whether a run's end was reported to the hooks; runs that
                 # ended before it existed count as reported, so no old run fires a hook now.
                 db.execute("ALTER TABLE runs ADD COLUMN end_reported_at TEXT")
                 db.execute("UPDATE runs SET end_reported_at = finished_at")
-                db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"unknown schema version {row[0]}")
+            if version < 3:
+                # Version 3 remembers the process group of a running update/deploy step, so a
+                # resume can end the one a killed orchestrator left behind.
+                for column in _STEP_COLUMNS:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -381,6 +522,24 @@ class Store:
                 (boot_id_before, host_key, iso(now()), run_id, name),
             )
 
+    def record_step_process(self, run_id: int, step: StepProcess) -> None:
+        """Committed right after the update/deploy command starts, before it does anything
+        that matters: a resume after a kill finds the group and ends it first."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET step_pgid=?, step_leader_start=?, step_boot_id=?, step_token=?"
+                " WHERE run_id=?",
+                (step.pgid, step.leader_start, step.boot_id, step.token, run_id),
+            )
+
+    def clear_step_process(self, run_id: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET step_pgid=NULL, step_leader_start=NULL, step_boot_id=NULL,"
+                " step_token=NULL WHERE run_id=?",
+                (run_id,),
+            )
+
     def record_reboot_resend(self, run_id: int, name: str) -> None:
         with self._write() as db:
             db.execute(
@@ -402,34 +561,44 @@ class Store:
             # A reader may meet a version-1 store that no run has migrated yet: its finished
             # runs count as reported, as the migration would make them.
             columns = row.keys()
-            reported = row["end_reported_at" if "end_reported_at" in columns else "finished_at"]
+            reported = "end_reported_at" if "end_reported_at" in columns else "finished_at"
+            field = _RowReader(self.path, run_id)
+            kind = field(row, "runs", "kind", RunKind)
+            machine_records = tuple(
+                MachineRecord(
+                    run_id=run_id,
+                    position=field(machine, "machines", "position", _integer),
+                    name=field(machine, "machines", "name", _text),
+                    local=bool(field(machine, "machines", "local", _integer)),
+                    host_key=field(machine, "machines", "host_key", _optional_text),
+                    boot_id_before=field(machine, "machines", "boot_id_before", _optional_text),
+                    boot_id_after=field(machine, "machines", "boot_id_after", _optional_text),
+                    reboot_requested_at=field(
+                        machine, "machines", "reboot_requested_at", _timestamp
+                    ),
+                    reboot_requests=field(machine, "machines", "reboot_requests", _integer),
+                    healthy_at=field(machine, "machines", "healthy_at", _timestamp),
+                    error=field(machine, "machines", "error", _optional_text),
+                    last_probes=field(machine, "machines", "last_probes", _probes),
+                )
+                for machine in machines
+            )
+            names = [machine.name for machine in machine_records]
+            step_pgid = row["step_pgid"] if "step_pgid" in columns else None
             return RunRecord(
-                run_id=row["run_id"],
-                kind=RunKind(row["kind"]),
-                state=row["state"],
-                started_at=datetime.fromisoformat(row["started_at"]),
-                finished_at=parse_iso(row["finished_at"]),
-                error=row["error"],
-                abort_requested_at=parse_iso(row["abort_requested_at"]),
-                config_path=row["config_path"],
-                end_reported_at=parse_iso(reported),
-                machines=tuple(
-                    MachineRecord(
-                        run_id=machine["run_id"],
-                        position=machine["position"],
-                        name=machine["name"],
-                        local=bool(machine["local"]),
-                        host_key=machine["host_key"],
-                        boot_id_before=machine["boot_id_before"],
-                        boot_id_after=machine["boot_id_after"],
-                        reboot_requested_at=parse_iso(machine["reboot_requested_at"]),
-                        reboot_requests=machine["reboot_requests"],
-                        healthy_at=parse_iso(machine["healthy_at"]),
-                        error=machine["error"],
-                        last_probes=json.loads(machine["last_probes"] or "[]"),
-                    )
-                    for machine in machines
-                ),
+                run_id=run_id,
+                kind=kind,
+                state=field(row, "runs", "state", lambda v: _state(v, kind, names)),
+                started_at=field(row, "runs", "started_at", _required_timestamp),
+                finished_at=field(row, "runs", "finished_at", _timestamp),
+                error=field(row, "runs", "error", _optional_text),
+                abort_requested_at=field(row, "runs", "abort_requested_at", _timestamp),
+                config_path=field(row, "runs", "config_path", _text),
+                end_reported_at=field(row, "runs", reported, _timestamp),
+                machines=machine_records,
+                step_process=None
+                if step_pgid is None
+                else field(row, "runs", "step_pgid", lambda _: _step_process(row)),
             )
 
     def latest_run(self) -> RunRecord | None:
@@ -470,7 +639,20 @@ class Store:
             rows = db.execute(
                 "SELECT state, entered_at FROM steps WHERE run_id=? ORDER BY rowid", (run_id,)
             ).fetchall()
-        return [(row[0], datetime.fromisoformat(row[1])) for row in rows]
+        field = _RowReader(self.path, run_id)
+        return [
+            (
+                field(row, "steps", "state", _text),
+                field(row, "steps", "entered_at", _required_timestamp),
+            )
+            for row in rows
+        ]
 
 
-_READABLE_VERSIONS = (1, SCHEMA_VERSION)  # readers never migrate; a run does on its next start
+_READABLE_VERSIONS = (1, 2, SCHEMA_VERSION)  # readers never migrate; a run does on its next start
+_STEP_COLUMNS = (
+    "step_pgid INTEGER",
+    "step_leader_start INTEGER",
+    "step_boot_id TEXT",
+    "step_token TEXT",
+)

@@ -169,3 +169,113 @@ def test_config_path_comes_from_environment(tmp_path: Path) -> None:
 def test_parse_config_raises_config_error_not_validation_error() -> None:
     with pytest.raises(ConfigError, match=r"ssh\.user: must be a string"):
         parse_config(Path("x.yaml"), yaml.safe_dump(_with("ssh.user", ["root"])))
+
+
+# --- issue 8: inputs that used to crash, or were silently accepted -------------------------------
+
+SEED_WITH = "machines:\n  grey-area:\n    host: grey-area.local\n"
+GOOD_TEXT = yaml.safe_dump(GOOD, sort_keys=False)
+
+NEWLY_REJECTED = [
+    # item 4: tracebacks from PyYAML and from durations
+    ("nesting of 1000 levels", "machines: " + "[" * 1000 + "]" * 1000 + "\n", "nest"),
+    ("nesting of 100 levels", "order: " + "[" * 100 + "]" * 100 + "\n", "nested deeper than 64 levels"),
+    ("400-digit duration", SEED_WITH + "reboot:\n  timeout: " + "9" * 400 + "\n", "reboot.timeout: must be at most 7 days"),
+    ("400-digit duration string", SEED_WITH + "reboot:\n  timeout: " + "9" * 400 + "s\n", "reboot.timeout: must be at most 7 days"),
+    ("impossible date as a port", SEED_WITH + "ssh:\n  port: 2001-02-30\n", "line 5: cannot read the value '2001-02-30'"),
+    ("int of 5000 digits", SEED_WITH + "ssh:\n  port: " + "1" * 5000 + "\n", "line 5: cannot read the value"),
+    ("!!float abc", SEED_WITH + "reboot:\n  timeout: !!float abc\n", "line 5: cannot read the value 'abc'"),
+    ("!!int 0xZZ", SEED_WITH + "ssh:\n  port: !!int 0xZZ\n", "line 5: cannot read the value '0xZZ'"),
+    ("alias bomb", "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\norder: [*e, *e]\n", "once aliases are expanded"),
+    # item 5: duplicate keys, at any level
+    ("duplicate machine", SEED_WITH + "  grey-area:\n    host: other.local\n", "machines.grey-area: duplicate key (lines 2 and 4)"),
+    ("duplicate checks", SEED_WITH + "    checks: [{url: 'http://a/'}]\n    checks: []\n", "machines.grey-area.checks: duplicate key (lines 4 and 5)"),
+    ("duplicate top-level section", "reboot: {timeout: 5m}\n" + SEED_WITH + "reboot: {settle: 1m}\n", "reboot: duplicate key (lines 1 and 5)"),
+    ("duplicate key in a check", SEED_WITH + "    checks:\n      - url: http://a/\n        url: http://b/\n", "machines.grey-area.checks[0].url: duplicate key (lines 5 and 6)"),
+    # item 6: accepted, then a traceback at run time
+    ("URL port above 65535", _with("machines.grey-area.checks[0].url", "http://grey-area.local:70000/"), "port 70000 is not in 1-65535"),
+    ("bad IDNA host in a URL", _with("machines.grey-area.checks[0].url", "http://xn--/"), "checks[0].url: not a valid http(s) URL"),
+    ("bad IDNA host", _with("machines.grey-area.host", "xn--zz.local"), "machines.grey-area.host: not a valid host name"),
+    ("label of 64 characters", _with("machines.grey-area.host", "a" * 64 + ".local"), "machines.grey-area.host: not a valid host name"),
+    ("CR/LF in a URL", _with("machines.grey-area.checks[0].url", "http://grey-area.local/\r\nX-Evil: 1"), "control character"),
+    ("NUL in state_dir", _with("state_dir", "/var/lib/x\0y"), "state_dir: must not contain a NUL byte"),
+    ("NUL in log_file", _with("log_file", "/var/log/x\0y"), "log_file: must not contain a NUL byte"),
+    ("NUL in identity_file", _with("ssh.identity_file", "/k\0"), "ssh.identity_file: must not contain a NUL byte"),
+    ("NUL in a command", _with("update.command", ["lab\0", "update"]), "update.command: must not contain a NUL byte"),
+    ("empty state_dir", _with("state_dir", ""), "state_dir: must be a path"),
+    ("poll_interval .inf", SEED_WITH + "reboot:\n  poll_interval: .inf\n", "reboot.poll_interval: must be at most 7 days"),
+    ("reboot.timeout .nan", SEED_WITH + "reboot:\n  timeout: .nan\n", "reboot.timeout: not a duration"),
+    ("settle .inf", SEED_WITH + "reboot:\n  settle: .inf\n", "reboot.settle: must be at most 7 days"),
+    ("settle of 8 days", _with("reboot.settle", "8d"), "reboot.settle: must be at most 7 days"),
+    ("ssh.user with a space", _with("ssh.user", "ro ot"), "ssh.user: not a valid user name"),
+    ("machine user like an option", _with("machines.grey-area.user", "-oProxyCommand=x"), "machines.grey-area.user: not a valid user name"),
+    ("machine user with a newline", _with("machines.grey-area.user", "root\nx"), "machines.grey-area.user: not a valid user name"),
+    # item 7: the README's old tip
+    ("command: [true]", SEED_WITH + "update:\n  command: [true]\n", 'update.command[0]: must be a string (YAML reads true'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "expected"), NEWLY_REJECTED, ids=[c[0] for c in NEWLY_REJECTED]
+)
+def test_inputs_that_crashed_or_slipped_through_are_one_line_and_exit_2(
+    tmp_path: Path, case: str, content: object, expected: str
+) -> None:
+    test_bad_config_gives_one_line_naming_file_and_key_and_exits_2(
+        tmp_path, case, content, expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "given", "expected"),
+    [
+        ("update", {"timeout": "5m"}, (["lab", "update"], 300.0)),
+        ("update", {"command": ["nix", "flake", "update"]}, (["nix", "flake", "update"], 900.0)),
+        ("deploy", {"timeout": "1h"}, (["lab", "deploy-all"], 3600.0)),
+        ("deploy", {}, (["lab", "deploy-all"], 2700.0)),
+        ("update", {"command": ["true"]}, (["true"], 900.0)),
+    ],
+)
+def test_a_partial_step_section_keeps_the_default_of_every_other_key(section, given, expected):
+    settings = parse_config(Path("lab.yaml"), yaml.safe_dump({**GOOD, section: given})).settings
+    step = getattr(settings, section)
+    assert (step.command, step.timeout) == expected
+
+
+def test_the_readme_nix_deploy_timeout_example_validates(tmp_path: Path) -> None:
+    # `settings.deploy.timeout = "1h";` renders to exactly this section.
+    path = tmp_path / "lab.yaml"
+    path.write_text(GOOD_TEXT + "deploy:\n  timeout: 1h\n")
+    result = orchestrator(path, "validate-config")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://grey-area.local:8080/health", "https://[::1]:8443/", "http://10.0.0.1/",
+     "http://xn--bcher-kva.example/", "http://bücher.example/", "https://a_b.local/x?y=1#z"],
+)  # fmt: skip
+def test_good_urls_stay_accepted(url: str) -> None:
+    parse_config(Path("lab.yaml"), yaml.safe_dump(_with("machines.grey-area.checks[0].url", url)))
+
+
+@pytest.mark.parametrize("user", ["root", "lab-orchestrator", "geir", "svc_backup", "a.b", "_x"])
+def test_posix_user_names_stay_accepted(user: str) -> None:
+    parse_config(Path("lab.yaml"), yaml.safe_dump(_with("ssh.user", user)))
+
+
+def test_yes_and_true_are_the_same_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"true: duplicate key \(lines 1 and 2\)"):
+        parse_config(Path("x.yaml"), "yes: 1\ntrue: 2\n" + SEED_WITH)
+
+
+def test_merge_keys_may_override_what_they_merge() -> None:
+    text = "base: &b {host: a.local}\n"  # not a key of the schema: only the YAML is checked
+    from orchestrator.paths import load_yaml
+
+    assert load_yaml(Path("x.yaml"), text + "c:\n  <<: *b\n  host: c.local\n") == {
+        "base": {"host": "a.local"},
+        "c": {"host": "c.local"},
+    }

@@ -121,9 +121,11 @@ def test_damaged_state_store_is_a_clear_error_and_nothing_is_rebooted(netlab, tm
 @contextlib.contextmanager
 def small_tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
     """A tiny tmpfs at ``path`` in this (the root) mount namespace, where the orchestrator
-    under test runs; the lab's hosts never see it and need not."""
+    under test runs; the lab's hosts never see it and need not. Mode 0700: a tmpfs root is
+    world-writable (1777) by default, which the orchestrator refuses as a state_dir."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    options = f"size={size},mode=0700"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
     try:
         yield path
     finally:

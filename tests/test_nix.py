@@ -6,10 +6,13 @@ Two tiers:
   tests are skipped locally and fail when ``CI`` is set.
 * Evaluation also needs nixpkgs' ``lib``: ``NIXPKGS_LIB=/path/to/nixpkgs/lib``, e.g. the ``lib``
   directory of a checkout of github:nix-community/nixpkgs.lib (never commit it). Without it those
-  tests are skipped with that reason. ``tests/nix_eval/eval.nix`` runs ``lib.evalModules`` on the
-  flake's ``nixosModules`` with minimal declarations of the NixOS options they touch and a
-  stand-in ``pkgs``; the generated config files are then loaded by the real
-  ``orchestrator validate-config``, and the build-time check's script is run as written.
+  tests are skipped with that reason (``../shared/nixpkgs-lib/lib`` is used when it exists).
+  ``tests/nix_eval/eval.nix`` (``HARNESS``) runs ``lib.evalModules`` on the flake's
+  ``nixosModules`` with declarations of every NixOS option they set or read, each with nixpkgs'
+  own type and default (a stub that defaulted differently, as polkit's once did here, hides real
+  failures), and a stand-in ``pkgs``; the generated config files are then loaded by the real
+  ``orchestrator validate-config``, and the build-time checks' scripts are run as written, the
+  schedule check with this machine's ``systemd-analyze``.
 
 ``--store dummy://`` makes nix-instantiate work without a Nix store, daemon or ``/nix``, as any
 user: nothing here builds or writes store paths.
@@ -33,8 +36,8 @@ import pytest
 pytestmark = pytest.mark.nix
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL_NIX = REPO / "tests" / "nix_eval" / "eval.nix"
 NIX_INSTANTIATE = shutil.which("nix-instantiate")
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 NIX_FLAGS = ["--store", "dummy://"]
 
 # Directories whose .nix files are not ours (virtualenvs, caches, `nix build` results).
@@ -94,50 +97,82 @@ def _orchestrator() -> Path:
     return Path(found)
 
 
-@functools.cache
-def _evaluate(lib: Path, controller: str, target: str) -> dict[str, Any]:
-    result = subprocess.run(
+# Evaluates the flake and the NixOS modules against stubs of every NixOS option they read.
+HARNESS = REPO / "tests" / "nix_eval" / "eval.nix"
+
+# The stand-in pkgs.systemd of HARNESS (config.systemd.package).
+SYSTEMD_STUB = "/nix/store/00000000000000000000000000000000-systemd"
+
+
+def _nix_eval(lib: Path, inputs: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    args = [
+        "nixpkgsLib",
+        str(lib),
+        "repo",
+        str(REPO),
+        "packageOut",
+        str(_orchestrator().parent.parent),
+    ]
+    for name, value in inputs.items():
+        args += [name, value]
+    argstrs = [
+        arg for pair in zip(args[::2], args[1::2], strict=True) for arg in ("--argstr", *pair)
+    ]
+    return subprocess.run(
         [
             _require_nix_instantiate(),
             *NIX_FLAGS,
             "--eval",
             "--strict",
             "--json",
-            str(EVAL_NIX),
-            "--argstr",
-            "nixpkgsLib",
-            str(lib),
-            "--argstr",
-            "repo",
-            str(REPO),
-            "--argstr",
-            "packageOut",
-            str(_orchestrator().parent.parent),
-            "--argstr",
-            "controller",
-            controller,
-            "--argstr",
-            "target",
-            target,
+            str(HARNESS),
+            *argstrs,
         ],
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+@functools.cache
+def _evaluate(lib: Path, inputs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    result = _nix_eval(lib, dict(inputs))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
+def _inputs(**hosts: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted((name, json.dumps(host)) for name, host in hosts.items() if host is not None)
+    )
+
+
 def evaluate(
-    controller: dict[str, Any] | None = None, target: dict[str, Any] | None = None
+    controller: dict[str, Any] | None = None,
+    target: dict[str, Any] | None = None,
+    both: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate with ``services = controller`` (and ``services = target`` for the target module).
+    """Evaluate hosts whose ``services`` are ``controller`` (with nixosModules.default),
+    ``target`` (nixosModules.target) and ``both`` (both modules on one host).
 
     Top-level ``users`` and ``_security`` keys become ``users`` and ``security`` instead, to
     declare e.g. the seed's login user or turn polkit off.
     """
     lib = _require_nixpkgs_lib()
-    return _evaluate(lib, json.dumps(controller), json.dumps(target))
+    return _evaluate(lib, _inputs(controller=controller, target=target, both=both))
+
+
+def evaluation_error(**hosts: Any) -> str:
+    """The error of an evaluation that must fail (e.g. conflicting definitions)."""
+    result = _nix_eval(_require_nixpkgs_lib(), dict(_inputs(**hosts)))
+    assert result.returncode != 0, "the evaluation succeeded"
+    return result.stderr
+
+
+def evaluate_module_file(path: Path) -> dict[str, Any]:
+    """Evaluate nixosModules.default on a host whose whole configuration is the module at path."""
+    lib = _require_nixpkgs_lib()
+    return _evaluate(lib, (("controllerFile", str(path)),))["controller"]
 
 
 def controller(**options: Any) -> dict[str, Any]:
@@ -222,7 +257,8 @@ def test_flake_has_one_overridable_input_and_the_outputs_for_both_systems() -> N
     assert flake["inputs"] == {"nixpkgs": {"url": "github:NixOS/nixpkgs/nixos-unstable"}}
     for system in ("x86_64-linux", "aarch64-linux"):
         assert "default" in flake["packages"][system]
-        assert {"package", "module"} <= set(flake["checks"][system])
+        # module: both modules on one host; module-seed: the seed's own lines (issue 8).
+        assert {"package", "module", "module-seed"} <= set(flake["checks"][system])
         assert flake["devShells"][system] == ["default"]
     assert {"default", "target"} <= set(flake["nixosModules"])
     assert flake["overlay"] == ["lab-orchestrator"]
@@ -231,10 +267,13 @@ def test_flake_has_one_overridable_input_and_the_outputs_for_both_systems() -> N
 def test_package_builds_the_orchestrator_with_the_dependencies_of_pyproject() -> None:
     package = evaluate()["package"]
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    wanted = sorted(
-        re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
-        for requirement in project["dependencies"]
-    )
+    wanted: list[str] = []
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+        # An extra (asyncssh[bcrypt]) is one more package in nixpkgs.
+        extras = re.search(r"\[([^\]]*)\]", requirement)
+        wanted += [name, *(e.strip() for e in extras.group(1).split(","))] if extras else [name]
+    wanted.sort()
     assert sorted(package["dependencies"]) == wanted
     assert package["version"] == project["version"]
     assert package["pyproject"] is True
@@ -340,6 +379,30 @@ def test_each_unit_reads_the_key_from_its_own_credentials_directory() -> None:
     assert {**cli, "ssh": None} == {**json.loads(files["run"]["text"]), "ssh": None}
 
 
+def test_the_key_passphrase_is_a_credential_of_each_unit_too(tmp_path: Path) -> None:
+    passphrase = "/etc/lab-orchestrator/ssh-key-passphrase"
+    result = controller(**{**DEDICATED, "sshKeyPassphraseFile": passphrase})
+    assert result["failedAssertions"] == []
+    files = result["configFiles"]
+    for unit, name in (("run", "lab-orchestrator"), ("resume", "lab-orchestrator-resume")):
+        assert result["services"][unit]["serviceConfig"]["LoadCredential"] == [
+            "ssh-key:/etc/ssh/ssh_host_ed25519_key",
+            f"ssh-key-passphrase:{passphrase}",
+        ]
+        config = json.loads(files[unit]["text"])
+        assert config["ssh"]["passphrase_file"] == (
+            f"/run/credentials/{name}.service/ssh-key-passphrase"
+        )
+        result_of_validation = validate(tmp_path, files[unit]["text"])
+        assert result_of_validation.returncode == 0, result_of_validation.stderr
+    assert json.loads(files["cli"]["text"])["ssh"]["passphrase_file"] == passphrase
+
+
+def test_a_key_passphrase_without_a_key_fails_an_assertion() -> None:
+    result = controller(**{**SEED, "sshKeyPassphraseFile": "/etc/lab-orchestrator/passphrase"})
+    assert any("sshKeyPassphraseFile needs" in m for m in result["failedAssertions"])
+
+
 def test_flake_under_home_stays_reachable_read_only_except_itself() -> None:
     result = controller(**{**DEDICATED, "flake": "/home/geir/Home-lab"})
     service = result["services"]["run"]["serviceConfig"]
@@ -378,19 +441,67 @@ def test_no_polkit_rule_without_a_local_machine() -> None:
     assert controller(**{**DEDICATED, "machines": machines})["polkit"] == ""
 
 
-def test_a_local_machine_with_polkit_disabled_fails_an_assertion() -> None:
+def test_a_local_machine_turns_polkit_on_which_nixos_leaves_off() -> None:
+    # Issue 8, item 15: security.polkit.enable defaults to false (nixpkgs#156858).
+    assert controller(**DEDICATED)["polkitEnable"] is True
+    assert controller(**SEED)["polkitEnable"] is True
+    machines = {name: m for name, m in DEDICATED["machines"].items() if name != "self"}
+    assert controller(**{**DEDICATED, "machines": machines})["polkitEnable"] is False
+    assert evaluate(controller={"lab-orchestrator": {}})["controller"]["polkitEnable"] is False
+
+
+def test_polkit_turned_off_by_hand_with_a_local_machine_is_a_conflict() -> None:
     config = {
         "lab-orchestrator": {"enable": True, **DEDICATED},
         "_security": {"polkit": {"enable": False}},
     }
-    failed = evaluate(controller=config)["controller"]["failedAssertions"]
-    assert any("security.polkit.enable" in message for message in failed), failed
+    error = evaluation_error(controller=config)
+    assert "security.polkit.enable' has conflicting definition values" in error, error
+
+
+# The seed's own lines, as its hosts/controller/configuration.nix would have them with the local
+# machine declared (issue 8, item 15): nothing else is needed.
+SEED_LINES = """\
+{
+  services.lab-orchestrator = {
+    enable = true;
+    schedule = "02:00";
+    user = "geir";
+    machines.self.local = true;
+  };
+}
+"""
+
+
+def test_the_seeds_six_lines_give_a_valid_config_and_build(tmp_path: Path) -> None:
+    module = tmp_path / "configuration.nix"
+    module.write_text(SEED_LINES, encoding="utf-8")
+    result = evaluate_module_file(module)
+    assert result["failedAssertions"] == []
+    assert result["polkitEnable"] is True
+    assert 'subject.user == "geir"' in result["polkit"]
+    assert result["timer"]["timerConfig"]["OnCalendar"] == "*-*-* 02:00:00"
+    assert result["services"]["run"]["serviceConfig"]["User"] == "geir"
+    for unit in ("run", "resume", "cli"):
+        checked = validate(tmp_path, result["configFiles"][unit]["text"], f"{unit}.yaml")
+        assert checked.returncode == 0, checked.stderr
+        assert "self" in checked.stdout
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert config["flake"] == "/var/lib/lab-orchestrator/lab"
+    assert config["order"] == ["self"]
+    for name in ("lab-orchestrator-validate-config", "lab-orchestrator-validate-schedule"):
+        out = tmp_path / name
+        assert _run_check(tmp_path, result, name, out).returncode == 0
+        assert out.exists()
 
 
 def test_config_is_validated_at_build_time_and_installed_for_the_cli() -> None:
     result = controller(**SEED)
-    (check,) = result["checks"]
-    assert check["name"] == "lab-orchestrator-validate-config"
+    assert [check["name"] for check in result["checks"]] == [
+        "lab-orchestrator-validate-schedule",
+        "lab-orchestrator-validate-config",
+    ]
+    check = _check(result, "lab-orchestrator-validate-config")
     assert set(result["configFiles"]) == {"run", "resume", "cli"}
     for file in result["configFiles"].values():
         assert f"{_orchestrator()} --config {file['path']} validate-config" in check["buildCommand"]
@@ -404,6 +515,7 @@ def test_disabled_module_defines_nothing() -> None:
     assert result["timer"] is None
     assert result["checks"] == []
     assert result["polkit"] == ""
+    assert result["polkitEnable"] is False
 
 
 def test_every_visible_option_is_described() -> None:
@@ -491,18 +603,43 @@ def test_an_invalid_machine_name_fails_validation(tmp_path: Path) -> None:
     assert "Grey_Area" in result.stderr
 
 
-def _run_check(tmp_path: Path, result: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    """Run the system.checks script as the build would, with its store paths made real files."""
-    (check,) = result["checks"]
-    script = check["buildCommand"]
+def _check(result: dict[str, Any], name: str) -> dict[str, Any]:
+    (check,) = [check for check in result["checks"] if check["name"] == name]
+    return check
+
+
+def _require_systemd_analyze() -> str:
+    if SYSTEMD_ANALYZE is None:
+        reason = "systemd-analyze not found (apt-get install systemd)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it")
+        pytest.skip(reason)
+    return SYSTEMD_ANALYZE
+
+
+def _run_check(
+    tmp_path: Path,
+    result: dict[str, Any],
+    name: str = "lab-orchestrator-validate-config",
+    out: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a system.checks script as the build would, with its store paths made real files.
+
+    The stand-in systemd's programs are this machine's: the schedule check runs the real
+    ``systemd-analyze calendar``.
+    """
+    script = _check(result, name)["buildCommand"]
     for unit, file in result["configFiles"].items():
         real = tmp_path / f"{unit}.yaml"
         real.write_text(file["text"], encoding="utf-8")
         script = script.replace(file["path"], str(real))
+    if f"{SYSTEMD_STUB}/bin/" in script:
+        systemd_bin = Path(_require_systemd_analyze()).parent
+        script = script.replace(f"{SYSTEMD_STUB}/bin/", f"{systemd_bin}/")
     assert "/nix/store" not in script
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
-        env={**os.environ, "out": str(tmp_path / "out")},
+        env={**os.environ, "out": str(out or tmp_path / "out")},
         capture_output=True,
         text=True,
         check=False,
@@ -564,10 +701,14 @@ def test_target_creates_a_login_user_allowed_to_reboot_and_nothing_else() -> Non
     )["target"]
     assert target["failedAssertions"] == []
     user = target["users"]["lab-orchestrator"]
-    assert user["openssh"]["authorizedKeys"]["keys"] == [KEY]
+    assert user["openssh"]["authorizedKeys"]["keys"] == [f"restrict {KEY}"]
     assert user["useDefaultShell"] is True
+    assert user["isSystemUser"] is True
+    assert user["group"] == "lab-orchestrator"
     (rule,) = target["sudoRules"]
     assert rule["users"] == ["lab-orchestrator"]
+    # Issue 8, item 17: as root only, not the nixpkgs default ALL:ALL.
+    assert rule["runAs"] == "root"
     commands = {entry["command"] for entry in rule["commands"]}
     systemctls = (
         "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl",
@@ -587,3 +728,149 @@ def test_target_without_a_key_or_sshd_fails_assertions() -> None:
     ]
     assert any(m.startswith("services.lab-orchestrator-target.authorizedKeys") for m in failed)
     assert any("services.openssh.enable" in m for m in failed)
+
+
+def test_a_key_with_options_keeps_them_after_restrict() -> None:
+    keyed = f'from="10.0.0.0/8" {KEY}'
+    target = evaluate(
+        target={
+            "lab-orchestrator-target": {"enable": True, "authorizedKeys": [keyed, KEY]},
+            "openssh": {"enable": True},
+        }
+    )["target"]
+    keys = target["users"]["lab-orchestrator"]["openssh"]["authorizedKeys"]["keys"]
+    assert keys == [f"restrict,{keyed}", f"restrict {KEY}"]
+
+
+# --- controller and target on one host (issue 8, item 16) -----------------------------------
+
+
+def test_controller_and_target_on_one_host_share_the_user(tmp_path: Path) -> None:
+    result = evaluate(
+        both={
+            "lab-orchestrator": {"enable": True, **DEDICATED},
+            "lab-orchestrator-target": {"enable": True, "authorizedKeys": [KEY]},
+            "openssh": {"enable": True},
+        }
+    )["both"]
+    assert result["controller"]["failedAssertions"] == []
+    assert result["target"]["failedAssertions"] == []
+    user = result["controller"]["users"]["lab-orchestrator"]
+    # The controller's definitions win over the target's defaults.
+    assert user["description"] == "lab-orchestrator service user"
+    assert user["home"] == "/var/lib/lab-orchestrator"
+    assert user["group"] == "lab-orchestrator"
+    assert user["isSystemUser"] is True
+    assert user["useDefaultShell"] is True
+    assert user["openssh"]["authorizedKeys"]["keys"] == [f"restrict {KEY}"]
+    assert result["controller"]["groups"] == ["lab-orchestrator"]
+    (rule,) = result["target"]["sudoRules"]
+    assert rule["users"] == ["lab-orchestrator"]
+    assert 'subject.user == "lab-orchestrator"' in result["controller"]["polkit"]
+    checked = validate(tmp_path, result["controller"]["configFiles"]["run"]["text"])
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_controller_and_target_on_one_host_with_a_login_user_controller() -> None:
+    seed = {key: value for key, value in SEED.items() if key != "users"}
+    result = evaluate(
+        both={
+            "lab-orchestrator": {"enable": True, **seed},
+            "lab-orchestrator-target": {"enable": True, "authorizedKeys": [KEY]},
+            "openssh": {"enable": True},
+            "users": {"users": SEED["users"]},
+        }
+    )["both"]
+    assert result["controller"]["failedAssertions"] == []
+    assert result["target"]["failedAssertions"] == []
+    target_user = result["target"]["users"]["lab-orchestrator"]
+    assert target_user["description"] == "lab-orchestrator controller access"
+    assert result["controller"]["services"]["run"]["serviceConfig"]["User"] == "geir"
+
+
+# --- schedule, configFile and the rest of issue 8, item 17 ----------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["24:00", "02:60", "99:99"])
+def test_an_hh_mm_schedule_out_of_range_fails_an_assertion(schedule: str) -> None:
+    failed = controller(**{**DEDICATED, "schedule": schedule})["failedAssertions"]
+    assert f'services.lab-orchestrator.schedule = "{schedule}" is not a time of day' in "".join(
+        failed
+    ), failed
+
+
+@pytest.mark.parametrize("schedule", ["2am", "24:00", "Mon..Fri 25:00", "*-*-* 02:00:00 Nowhere/X"])
+def test_the_build_fails_on_a_schedule_systemd_refuses(tmp_path: Path, schedule: str) -> None:
+    result = controller(**{**DEDICATED, "schedule": schedule})
+    checked = _run_check(tmp_path, result, "lab-orchestrator-validate-schedule")
+    assert checked.returncode == 1, checked
+    assert f'error: services.lab-orchestrator.schedule = "{schedule}"' in checked.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("schedule", ["02:00", "2:00", "23:59", "Mon..Fri *-*-* 03:30:00", "daily"])
+def test_the_build_passes_on_a_schedule_systemd_accepts(tmp_path: Path, schedule: str) -> None:
+    result = controller(**{**DEDICATED, "schedule": schedule})
+    assert result["failedAssertions"] == []
+    checked = _run_check(tmp_path, result, "lab-orchestrator-validate-schedule")
+    assert checked.returncode == 0, checked.stderr
+    assert (tmp_path / "out").exists()
+
+
+def test_the_units_create_files_for_the_service_user_only() -> None:
+    for options in (SEED, DEDICATED):
+        services = controller(**options)["services"]
+        for unit in ("run", "resume"):
+            assert services[unit]["serviceConfig"]["UMask"] == "0077"
+
+
+def test_a_config_file_outside_the_store_is_used_as_it_is() -> None:
+    path = "/etc/lab-orchestrator/lab.yaml"
+    result = controller(configFile=path)
+    assert result["failedAssertions"] == []
+    for unit in ("run", "resume", "cli"):
+        assert result["configFiles"][unit] == {"path": path, "text": None}
+    run = result["services"]["run"]["serviceConfig"]["ExecStart"]
+    resume = result["services"]["resume"]["serviceConfig"]["ExecStart"]
+    assert run == f"{_orchestrator()} --config {path} run"
+    assert resume == f"{_orchestrator()} --config {path} resume"
+    # Not readable by the build, and not linked where it might itself be.
+    assert [check["name"] for check in result["checks"]] == ["lab-orchestrator-validate-schedule"]
+    assert "lab-orchestrator/config.yaml" not in result["etc"]
+    # It may have a local machine: the controller may reboot itself.
+    assert result["polkitEnable"] is True
+    assert "org.freedesktop.login1.reboot" in result["polkit"]
+
+
+def test_a_config_file_in_the_store_is_validated_at_build_time(tmp_path: Path) -> None:
+    path = "/nix/store/11111111111111111111111111111111-lab.yaml"
+    result = controller(configFile=path)
+    assert result["etc"]["lab-orchestrator/config.yaml"] == path
+    check = _check(result, "lab-orchestrator-validate-config")
+    assert f"--config {path} validate-config" in check["buildCommand"]
+    # The check, run on the seed's generated config standing in for the file.
+    seed_text = controller(**SEED)["configFiles"]["run"]["text"]
+    files = {unit: {"path": path, "text": seed_text} for unit in ("run", "resume", "cli")}
+    assert _run_check(tmp_path, {**result, "configFiles": files}).returncode == 0
+    bad_text = json.dumps({**json.loads(seed_text), "reboots": {}})
+    files = {unit: {"path": path, "text": bad_text} for unit in ("run", "resume", "cli")}
+    assert _run_check(tmp_path, {**result, "configFiles": files}).returncode == 2
+
+
+def test_a_config_file_with_an_ssh_key_file_fails_an_assertion() -> None:
+    failed = controller(configFile="/etc/lab.yaml", sshKeyFile="/etc/ssh/key")["failedAssertions"]
+    assert any(m.startswith("services.lab-orchestrator.sshKeyFile cannot") for m in failed), failed
+
+
+def test_package_option_is_a_package_option_and_prose_defaults_are_markdown() -> None:
+    docs = {option["name"]: option for option in controller(**SEED)["docs"]}
+    package = docs["services.lab-orchestrator.package"]
+    assert package["default"] == {"_type": "literalExpression", "text": "pkgs.lab-orchestrator"}
+    assert package["description"].startswith("The lab-orchestrator package to use. ")
+    for name in ("group", "rebootOrder"):
+        assert docs[f"services.lab-orchestrator.{name}"]["default"]["_type"] == "literalMD"
+    for option in docs.values():
+        default = option["default"]
+        if isinstance(default, dict) and default.get("_type") == "literalExpression":
+            # An expression, not prose: no sentence in it.
+            assert not re.search(r"\b(the|if|else|otherwise)\b", default["text"]), option

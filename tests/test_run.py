@@ -392,3 +392,42 @@ def test_key_seen_in_preflight_is_the_only_one_accepted_even_if_known_hosts_list
     run = latest_run(tmp_path / "state")
     assert "alpha: came back with a different SSH host key" in run.error
     assert lab.reboots("bravo") == 0
+
+
+def test_an_unusable_identity_file_aborts_the_run_in_one_line_and_touches_nothing(
+    tmp_path, make_lab
+):
+    lab = make_lab(["alpha"])
+    public_key = tmp_path / "id_ed25519.pub"
+    public_key.write_bytes(lab.lab.client_key.export_public_key())
+    config = _config(tmp_path, lab, ssh={"identity_file": str(public_key)})
+    result = orchestrator(config, "run")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    run = latest_run(tmp_path / "state")
+    assert run.state == "aborted"
+    assert f"ssh.identity_file: {public_key}: " in run.error
+    assert lab.reboots("alpha") == 0
+    plan = orchestrator(config, "plan")
+    assert plan.returncode == 1 and "Traceback" not in plan.stderr
+    assert (
+        plan.stderr.strip().splitlines()[-1].startswith(f"error: ssh.identity_file: {public_key}")
+    )
+
+
+def test_an_encrypted_identity_with_its_passphrase_file_runs_to_done(tmp_path, make_lab):
+    lab = make_lab(["alpha"])
+    encrypted = tmp_path / "id_encrypted"
+    encrypted.write_bytes(
+        lab.lab.client_key.export_private_key("pkcs8-pem", passphrase="correct horse")
+    )
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("correct horse\n")
+    config = _config(
+        tmp_path,
+        lab,
+        ssh={"identity_file": str(encrypted), "passphrase_file": str(passphrase)},
+    )
+    result = orchestrator(config, "run")
+    assert result.returncode == 0, result.stderr
+    assert lab.reboots("alpha") == 1

@@ -42,6 +42,7 @@ import uuid
 MS_BIND = 4096
 SSH_PORT = 22
 HTTP_PORT = 8080
+HUGE_BODY = 100 * 1000 * 1000  # Hostile.http == "huge"
 
 
 def _mount_bind(source: str, target: str) -> None:
@@ -136,6 +137,10 @@ class HealthServer:
                 data += chunk
             parts = data.split(b"\r\n", 1)[0].split()
             path = parts[1].decode(errors="replace") if len(parts) > 1 else "/"
+            hostile = self.host.hostile.get("http")
+            if hostile and path.split("?", 1)[0] == "/health":
+                self._serve_hostile(conn, hostile)
+                return
             if path.split("?", 1)[0] == "/health":
                 status = self._status()
                 body = b"ok\n" if status == 200 else b"unhealthy\n"
@@ -152,6 +157,24 @@ class HealthServer:
         finally:
             conn.close()
 
+    def _serve_hostile(self, conn: socket.socket, mode: str) -> None:
+        """200 with an endless body, or a 100 MB one ending in END (Hostile.http)."""
+        chunk = (self.host.hostile_text.encode() * 1024)[:65536]
+        conn.settimeout(30)
+        if mode == "endless":
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+            while True:
+                conn.sendall(chunk)  # until the client goes away (OSError)
+        size = HUGE_BODY
+        head = f"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {size}\r\n\r\n"
+        conn.sendall(head.encode())
+        left = size - 3
+        while left > 0:
+            part = chunk[: min(left, len(chunk))]
+            conn.sendall(part)
+            left -= len(part)
+        conn.sendall(b"END")
+
 
 class Hostd:
     def __init__(self, hostdir: str) -> None:
@@ -164,6 +187,9 @@ class Hostd:
         self.iface: str = cfg["iface"]
         self.fault: dict = dict(cfg["fault"])
         self.controller: bool = cfg["controller"]
+        self.hostile: dict = dict(cfg.get("hostile") or {})
+        self.hostile_text: str = cfg.get("hostile_text", "")
+        self.fake_ssh: socket.socket | None = None
         self.lock = threading.RLock()
         self.truth_fd = os.open(cfg["truth"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.state = "starting"
@@ -232,7 +258,10 @@ class Hostd:
 
     # -- setup --------------------------------------------------------------------------------
     def mount_overrides(self) -> None:
-        _mount_bind(os.path.join(self.dir, "boot_id"), "/proc/sys/kernel/random/boot_id")
+        if self.hostile.get("boot_id"):
+            _mount_bind(self.endless_fifo("boot_id.endless"), "/proc/sys/kernel/random/boot_id")
+        else:
+            _mount_bind(os.path.join(self.dir, "boot_id"), "/proc/sys/kernel/random/boot_id")
         # root's home is a per-host empty dir: SSH sessions must not run the build machine's
         # dotfiles (a pyenv rehash in ~/.bashrc killed mid-reboot leaves a lock that stalls
         # every later shell for 60 s), and a fake host should not write to the real /root.
@@ -244,6 +273,28 @@ class Hostd:
         _mount_bind(shims, "/usr/local/sbin")
         for shim, target in self.cfg["bind_systemctl"]:
             _mount_bind(os.path.join(shims, shim), target)
+
+    def endless_fifo(self, name: str) -> str:
+        """A FIFO that every reader finds full of the hostile text, without end."""
+        path = os.path.join(self.dir, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.mkfifo(path, 0o644)
+        chunk = (self.hostile_text.encode() * 1024)[:65536]
+
+        def feed() -> None:
+            while True:
+                fd = os.open(path, os.O_WRONLY)  # blocks until a reader opens it
+                try:
+                    while True:
+                        os.write(fd, chunk)
+                except OSError:
+                    pass  # the reader went away (EPIPE): wait for the next one
+                finally:
+                    os.close(fd)
+
+        threading.Thread(target=feed, daemon=True).start()
+        return path
 
     def write_boot_id(self) -> str:
         boot_id = str(uuid.uuid4())
@@ -276,7 +327,62 @@ class Hostd:
         )
 
     # -- services -----------------------------------------------------------------------------
+    def start_fake_ssh(self) -> None:
+        """Port 22 speaks just enough SSH to disconnect with a hostile reason: version line,
+        then an unencrypted SSH_MSG_DISCONNECT (allowed before key exchange, RFC 4253)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.address, SSH_PORT))
+        sock.listen(128)
+        self.fake_ssh = sock
+        reason = self.hostile_text.encode()
+        payload = (
+            bytes([1])  # SSH_MSG_DISCONNECT
+            + (11).to_bytes(4, "big")  # SSH_DISCONNECT_BY_APPLICATION
+            + len(reason).to_bytes(4, "big")
+            + reason
+            + (0).to_bytes(4, "big")  # language tag
+        )
+        padding = 8 - (5 + len(payload)) % 8
+        padding += 8 if padding < 4 else 0
+        packet = (
+            (1 + len(payload) + padding).to_bytes(4, "big")
+            + bytes([padding])
+            + payload
+            + bytes(padding)
+        )
+
+        def serve(conn: socket.socket) -> None:
+            with conn:
+                try:
+                    conn.settimeout(10)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 netlab-hostile\r\n")
+                    data = b""
+                    while b"\n" not in data and len(data) < 4096:
+                        more = conn.recv(4096)
+                        if not more:
+                            return
+                        data += more
+                    conn.sendall(packet)
+                    time.sleep(0.5)
+                except OSError:
+                    pass
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+
     def start_sshd(self) -> None:
+        if self.hostile.get("ssh_disconnect"):
+            if self.fake_ssh is None:
+                self.start_fake_ssh()
+            return
         with open(os.path.join(self.dir, "sshd.log"), "ab") as logf:
             self.sshd = subprocess.Popen(
                 [self.cfg["sshd"], "-D", "-e", "-f", os.path.join(self.dir, "sshd_config")],

@@ -20,6 +20,10 @@ declare -A NEEDED=(
     [pkill]=procps
     [unshare]=util-linux
     [nsenter]=util-linux
+    # login shells of lab hosts (tests/test_netlab_login_shells.py): what a remote command
+    # string means must not depend on root's shell
+    [zsh]=zsh
+    [fish]=fish
 )
 
 have() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }

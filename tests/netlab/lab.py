@@ -145,6 +145,34 @@ class Fault:
         return out
 
 
+# What a hostile host prints on every channel (issue 8): terminal control (clear screen,
+# window title, colour, C1 CSI, a right-to-left override) and a forged log line.
+HOSTILE_TEXT = "\x1b[2J\x1b]0;pwned\x07\x1b[31mred\x9b2J\u202eevil\n00:00:00 run 1: done FORGED\n"
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """A host that attacks whoever watches it (issue 8), from lab start on and after every
+    reboot — unlike a `Fault`, which only applies from the next reboot. Each channel writes
+    `HOSTILE_TEXT` (escape sequences and a forged log line):
+
+    - `boot_id`: /proc/sys/kernel/random/boot_id is endless (a FIFO fed without end);
+    - `state="forged"`: `systemctl is-system-running` prints `running`, then a forged log line
+      and escapes, exit 0; `state="endless"`: it prints escape lines forever;
+    - `reboot`: `systemctl reboot` prints escape lines forever and never reboots;
+    - `http="endless"`: the health endpoint answers 200 with an endless body;
+      `http="huge"`: 200 with a 100 MB body (Content-Length), `END` at its very end;
+    - `ssh_disconnect`: port 22 is no sshd but a fake SSH server that sends its version and
+      then a disconnect whose reason is `HOSTILE_TEXT` (nothing else works on that host).
+    """
+
+    boot_id: bool = False
+    state: Literal["forged", "endless"] | None = None
+    reboot: bool = False
+    http: Literal["endless", "huge"] | None = None
+    ssh_disconnect: bool = False
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
@@ -302,11 +330,14 @@ case "$verb" in
         [ "$ok" = 1 ] && exit 0
         exit 3 ;;
     is-system-running)
+        [ -f "$H/hostile/state-endless" ] && exec yes "$(cat "$H/hostile/state-endless")"
+        [ -f "$H/hostile/state" ] && exec cat "$H/hostile/state"
         read -r state < "$H/state"
         [ "$quiet" = 1 ] || echo "$state"
         [ "$state" = running ]
         exit $? ;;
     reboot)
+        [ -f "$H/hostile/reboot" ] && exec yes "$(cat "$H/hostile/reboot")"
         request reboot systemctl
         exit 0 ;;
     *)
@@ -389,6 +420,8 @@ class Lab:
         resume_env: Mapping[str, str] | None = None,
         resume_cwd: str | os.PathLike[str] | None = None,
         lifeline: bool = True,
+        login_shells: Mapping[str, str] | None = None,
+        hostile: Mapping[str, Hostile] | None = None,
     ) -> None:
         names = [f"h{i}" for i in range(1, hosts + 1)] if isinstance(hosts, int) else list(hosts)
         if controller:
@@ -403,6 +436,19 @@ class Lab:
         unknown = set(faults or {}) - set(names)
         if unknown:
             raise LabError(f"faults for unknown hosts: {sorted(unknown)}")
+        unknown = set(login_shells or {}) - set(names)
+        if unknown:
+            raise LabError(f"login shells for unknown hosts: {sorted(unknown)}")
+        for shell in (login_shells or {}).values():
+            if not os.path.isabs(shell) or not os.access(shell, os.X_OK):
+                raise LabError(f"login shell {shell!r} is not an executable absolute path")
+        # root's login shell per host (sshd runs every command through it); default: the
+        # build machine's own (normally /bin/bash)
+        self.login_shells = dict(login_shells or {})
+        unknown = set(hostile or {}) - set(names)
+        if unknown:
+            raise LabError(f"hostile settings for unknown hosts: {sorted(unknown)}")
+        self.hostile: dict[str, Hostile] = dict(hostile or {})
         self.dir = Path(workdir).absolute()
         self.names = names
         self.with_controller = controller
@@ -668,8 +714,10 @@ class Lab:
             (d / "boot_id").write_text(str(uuid.uuid4()) + "\n")
             home = d / "home"
             home.mkdir(exist_ok=True)
-            (d / "passwd").write_text("\n".join(_with_root_home(passwd, home)) + "\n")
+            shell = self.login_shells.get(h.name)
+            (d / "passwd").write_text("\n".join(_with_root_home(passwd, home, shell)) + "\n")
             (d / "state").write_text("starting\n")
+            self._write_hostile(h)
             (d / "ready").unlink(missing_ok=True)
             fifo = d / "ctl.fifo"
             fifo.unlink(missing_ok=True)
@@ -705,12 +753,28 @@ class Lab:
                 "resume_argv": self.resume_argv if h.controller else None,
                 "resume_env": env,
                 "resume_cwd": self.resume_cwd,
+                "hostile": asdict(self.hostile.get(h.name, Hostile())),
+                "hostile_text": HOSTILE_TEXT,
             }
             (d / "host.json").write_text(json.dumps(config, indent=1))
         self.known_hosts_path.write_text("\n".join(known) + "\n")
         # The privilege separation directory OpenSSH insists on (the mount namespaces share /run).
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self._save_description()
+
+    def _write_hostile(self, h: Host) -> None:
+        """The files the systemctl shim answers from on a hostile host (see `Hostile`)."""
+        hostile = self.hostile.get(h.name, Hostile())
+        d = h.dir / "hostile"
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        # A command substitution in the shim drops the trailing newline; `yes` adds one back.
+        if hostile.state == "forged":
+            (d / "state").write_text("running\n" + HOSTILE_TEXT)
+        elif hostile.state == "endless":
+            (d / "state-endless").write_text(HOSTILE_TEXT)
+        if hostile.reboot:
+            (d / "reboot").write_text(HOSTILE_TEXT)
 
     def _save_description(self) -> None:
         desc = {
@@ -1118,12 +1182,14 @@ def _ns_pids(pid: int) -> list[int]:
     return []
 
 
-def _with_root_home(passwd: list[str], home: Path) -> list[str]:
+def _with_root_home(passwd: list[str], home: Path, shell: str | None = None) -> list[str]:
     out = []
     for line in passwd:
         fields = line.split(":")
         if len(fields) == 7 and fields[0] == "root":
             fields[5] = str(home)
+            if shell is not None:
+                fields[6] = shell
             line = ":".join(fields)
         out.append(line)
     return out

@@ -1,16 +1,15 @@
 # Evaluates this repository's flake outputs and NixOS modules with the real
-# nixpkgs `lib` (lib.evalModules) but without nixpkgs or NixOS: the few NixOS
-# options the modules set or read are declared below with loose types, and
-# `pkgs` is a stand-in whose derivations are plain attrsets carrying their
-# inputs (`text`, `buildCommand`) so tests can inspect and run them.
+# nixpkgs `lib` (lib.evalModules) but without nixpkgs or NixOS: every NixOS
+# option the modules set or read is declared below with nixpkgs' type and
+# default (each names the nixpkgs file it mirrors), and `pkgs` is a stand-in
+# whose derivations are plain attrsets carrying their inputs (`text`,
+# `buildCommand`) so tests can inspect and run them.
 #
-#   nix-instantiate --store dummy:// --eval --strict --json tests/nix_eval/eval.nix \
-#     --argstr nixpkgsLib /path/to/nixpkgs/lib --argstr repo "$PWD" \
-#     --argstr packageOut "$PWD/.venv" --argstr controller '{...}' --argstr target '{...}'
-#
-# `controller` / `target` are JSON for `services` (e.g. {"lab-orchestrator":
-# {...}}), plus optional top-level "users" and "_security" keys that go to
-# `users` and `security`.
+# `controller` / `target` / `both` are JSON of one host's config, evaluated
+# with nixosModules.default / .target / both: `services`, plus optional
+# top-level "users" and "_security" keys that go to `users` and `security`.
+# `controllerFile` (a path) is a NixOS module used as the controller host's
+# config instead of `controller`.
 {
   nixpkgsLib,
   repo,
@@ -18,6 +17,8 @@
   packageOut,
   controller ? "null",
   target ? "null",
+  both ? "null",
+  controllerFile ? "",
 }:
 
 let
@@ -53,6 +54,7 @@ let
   pythonPackageNames = [
     "transitions"
     "asyncssh"
+    "bcrypt"
     "httpx"
     "tenacity"
     "pydantic"
@@ -76,6 +78,9 @@ let
       meta.mainProgram = "orchestrator";
     };
     git = fakeDrv "git" { };
+    nix = fakeDrv "nix" { };
+    openssh = fakeDrv "openssh" { };
+    systemd = fakeDrv "systemd" { };
     writeText = name: text: fakeDrv name { inherit text; };
     runCommand = name: env: buildCommand: fakeDrv name { inherit env buildCommand; };
     formats.json =
@@ -89,7 +94,8 @@ let
       # What package.nix passes, minus `src` (lib.fileset needs Nix >= 2.14
       # and a store; Debian's nix-bin is 2.8 and we evaluate with a dummy
       # store).
-      buildPythonApplication = attrs: fakeDrv attrs.pname { passedAttrs = removeAttrs attrs [ "src" ]; };
+      buildPythonApplication =
+        attrs: fakeDrv attrs.pname { passedAttrs = removeAttrs attrs [ "src" ]; };
     };
     callPackage = path: args: import path ({ inherit (pkgs) lib python3Packages; } // args);
   };
@@ -104,94 +110,160 @@ let
     inherit nixpkgs;
   };
 
-  # The NixOS options the modules touch, declared as loosely as will merge.
-  loose = types.attrsOf types.anything;
-  unit = types.submodule {
-    freeformType = loose;
-    options = {
-      wantedBy = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      after = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      wants = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      path = mkOption {
-        type = types.listOf (types.either types.package types.str);
-        default = [ ];
-      };
-      restartIfChanged = mkOption {
-        type = types.bool;
-        default = true;
-      };
-      serviceConfig = mkOption {
-        type = loose;
-        default = { };
-      };
-      unitConfig = mkOption {
-        type = loose;
-        default = { };
-      };
-      timerConfig = mkOption {
-        type = loose;
-        default = { };
-      };
+  opt = type: default: mkOption { inherit type default; };
+  # Unit settings (serviceConfig=, ...): nixpkgs checks each value's type;
+  # loose here.
+  unitSettings = opt (types.attrsOf types.anything) { };
+
+  # nixos/lib/systemd-unit-options.nix (commonUnitOptions, serviceOptions,
+  # timerOptions): only the options the modules set, with their defaults.
+  commonUnitOptions = {
+    description = opt types.str "";
+    wantedBy = opt (types.listOf types.str) [ ];
+    after = opt (types.listOf types.str) [ ];
+    wants = opt (types.listOf types.str) [ ];
+    unitConfig = unitSettings;
+  };
+  serviceUnit = types.submodule {
+    options = commonUnitOptions // {
+      path = opt (types.listOf (types.oneOf [ types.package types.str ])) [ ];
+      restartIfChanged = opt types.bool true;
+      serviceConfig = unitSettings;
     };
   };
-  freeformAttrs = types.attrsOf (types.submodule { freeformType = loose; });
-  opt = type: default: mkOption { inherit type default; };
+  timerUnit = types.submodule {
+    options = commonUnitOptions // {
+      timerConfig = unitSettings;
+    };
+  };
+
+  # nixos/modules/config/users-groups.nix (userOpts), plus
+  # users.users.<name>.openssh from nixos/modules/services/networking/ssh/sshd.nix.
+  userSubmodule = types.submodule {
+    options = {
+      description = opt (types.passwdEntry types.str) "";
+      group = opt types.str "";
+      isSystemUser = opt types.bool false;
+      isNormalUser = opt types.bool false;
+      home = opt (types.passwdEntry types.path) "/var/empty";
+      useDefaultShell = opt types.bool false;
+      openssh.authorizedKeys.keys = opt (types.listOf types.singleLineStr) [ ];
+    };
+  };
+  # nixos/modules/config/users-groups.nix (groupOpts).
+  groupSubmodule = types.submodule {
+    options = {
+      gid = opt (types.nullOr types.int) null;
+      members = opt (types.listOf types.str) [ ];
+    };
+  };
+
+  # nixos/modules/security/sudo.nix (extraRules).
+  sudoRule = types.submodule {
+    options = {
+      users = opt (types.listOf (types.either types.int types.str)) [ ];
+      groups = opt (types.listOf (types.either types.int types.str)) [ ];
+      host = opt types.str "ALL";
+      runAs = opt types.str "ALL:ALL";
+      commands = opt (types.listOf (
+        types.either types.str (
+          types.submodule {
+            options = {
+              command = mkOption { type = types.str; };
+              options = opt (types.listOf (
+                types.enum [
+                  "NOPASSWD"
+                  "PASSWD"
+                  "NOEXEC"
+                  "EXEC"
+                  "SETENV"
+                  "NOSETENV"
+                  "LOG_INPUT"
+                  "NOLOG_INPUT"
+                  "LOG_OUTPUT"
+                  "NOLOG_OUTPUT"
+                  "MAIL"
+                  "NOMAIL"
+                  "FOLLOW"
+                  "NOFOLLOW"
+                  "INTERCEPT"
+                  "NOINTERCEPT"
+                ]
+              )) [ ];
+            };
+          }
+        )
+      )) [ ];
+    };
+  };
+
+  # nixos/modules/system/etc/etc.nix (environment.etc.<name>; `source` is
+  # derived from `text` there).
+  etcEntry = types.submodule {
+    options = {
+      source = mkOption { type = types.path; };
+      text = opt (types.nullOr types.lines) null;
+    };
+  };
 
   nixosStubs = {
     options = {
+      # nixos/modules/misc/assertions.nix
       assertions = opt (types.listOf types.unspecified) [ ];
       warnings = opt (types.listOf types.str) [ ];
-      systemd.package = opt types.package (fakeDrv "systemd" { });
-      systemd.services = opt (types.attrsOf unit) { };
-      systemd.timers = opt (types.attrsOf unit) { };
-      users.users = opt freeformAttrs { };
-      users.groups = opt freeformAttrs { };
-      security.polkit.enable = opt types.bool true;
+      # nixos/modules/system/boot/systemd.nix
+      systemd.package = opt types.package pkgs.systemd;
+      systemd.services = opt (types.attrsOf serviceUnit) { };
+      systemd.timers = opt (types.attrsOf timerUnit) { };
+      # nixos/modules/config/users-groups.nix
+      users.users = opt (types.attrsOf userSubmodule) { };
+      users.groups = opt (types.attrsOf groupSubmodule) { };
+      # nixos/modules/security/polkit.nix: off by default since NixOS 22.05
+      # (nixpkgs#156858).
+      security.polkit.enable = opt types.bool false;
       security.polkit.extraConfig = opt types.lines "";
+      # nixos/modules/security/sudo.nix
       security.sudo.enable = opt types.bool true;
-      security.sudo.extraRules = opt (types.listOf types.anything) [ ];
-      environment.etc = opt freeformAttrs { };
+      security.sudo.extraRules = opt (types.listOf sudoRule) [ ];
+      # nixos/modules/system/etc/etc.nix
+      environment.etc = opt (types.attrsOf etcEntry) { };
+      # nixos/modules/config/system-path.nix
       environment.systemPackages = opt (types.listOf types.package) [ ];
+      # nixos/modules/system/activation/top-level.nix
       system.checks = opt (types.listOf types.package) [ ];
-      programs.ssh.knownHosts = opt loose { };
-      programs.ssh.package = opt types.package (fakeDrv "openssh" { });
-      nix.package = opt types.package (fakeDrv "nix" { });
+      # nixos/modules/programs/ssh.nix
+      programs.ssh.knownHosts = opt (types.attrsOf (types.attrsOf types.anything)) { };
+      programs.ssh.package = opt types.package pkgs.openssh;
+      # nixos/modules/config/nix.nix
+      nix.package = opt types.package pkgs.nix;
+      # nixos/modules/services/networking/ssh/sshd.nix
       services.openssh.enable = opt types.bool false;
     };
     config._module.args.pkgs = pkgs;
   };
 
-  evalNixos =
-    module: settings:
+  hostConfig =
+    settings:
     let
       parsed = builtins.fromJSON settings;
-      eval = lib.evalModules {
-        modules = [
-          nixosStubs
-          module
-          {
-            config = lib.optionalAttrs (parsed != null) (
-              {
-                services = removeAttrs parsed [
-                  "users"
-                  "_security"
-                ];
-              }
-              // lib.optionalAttrs (parsed ? users) { inherit (parsed) users; }
-              // lib.optionalAttrs (parsed ? _security) { security = parsed._security; }
-            );
-          }
-        ];
-      };
+    in
+    {
+      config = lib.optionalAttrs (parsed != null) (
+        {
+          services = removeAttrs parsed [
+            "users"
+            "_security"
+          ];
+        }
+        // lib.optionalAttrs (parsed ? users) { inherit (parsed) users; }
+        // lib.optionalAttrs (parsed ? _security) { security = parsed._security; }
+      );
+    };
+
+  evalNixos =
+    modules: hostModule:
+    let
+      eval = lib.evalModules { modules = [ nixosStubs ] ++ modules ++ [ hostModule ]; };
       inherit (eval) config;
     in
     {
@@ -199,15 +271,66 @@ let
       failedAssertions = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
       inherit (config) warnings;
       # Every visible option of the module with what `nixos-option` shows.
-      docs = map (o: { inherit (o) name description type; }) (
+      docs = map (o: {
+        inherit (o) name description type;
+        default = o.default or null;
+      }) (
         lib.filter (
           o: o.visible && !o.internal && lib.hasPrefix "services.lab-orchestrator" o.name
         ) (lib.optionAttrSetToDocList eval.options)
       );
     };
 
-  controllerEval = evalNixos flake.nixosModules.default controller;
-  targetEval = evalNixos flake.nixosModules.target target;
+  controllerView =
+    evaluation:
+    let
+      inherit (evaluation) config;
+      cfg = config.services.lab-orchestrator;
+    in
+    {
+      inherit (evaluation) failedAssertions warnings docs;
+      services = {
+        run = config.systemd.services.lab-orchestrator or null;
+        resume = config.systemd.services.lab-orchestrator-resume or null;
+      };
+      timer = config.systemd.timers.lab-orchestrator or null;
+      configFiles = lib.mapAttrs (
+        _: file:
+        if builtins.isString file then
+          {
+            path = file;
+            text = null;
+          }
+        else
+          {
+            path = file.outPath;
+            inherit (file) text;
+          }
+      ) (if cfg.enable then cfg.configFiles else { });
+      checks = map (c: { inherit (c) name buildCommand; }) config.system.checks;
+      etc = lib.mapAttrs (_: entry: entry.source) config.environment.etc;
+      polkitEnable = config.security.polkit.enable;
+      polkit = config.security.polkit.extraConfig;
+      users = config.users.users;
+      groups = lib.attrNames config.users.groups;
+      systemPackages = config.environment.systemPackages;
+    };
+
+  targetView =
+    evaluation:
+    let
+      inherit (evaluation) config;
+    in
+    {
+      inherit (evaluation) failedAssertions docs;
+      users = config.users.users;
+      groups = lib.attrNames config.users.groups;
+      sudoRules = config.security.sudo.extraRules;
+    };
+
+  inherit (flake.nixosModules) default;
+  targetModule = flake.nixosModules.target;
+  controllerHost = if controllerFile != "" then import controllerFile else hostConfig controller;
 
   package = flake.packages.x86_64-linux.default.passedAttrs;
 in
@@ -228,38 +351,20 @@ in
     build-system = map (d: d.pname) package.build-system;
   };
 
-  controller =
-    let
-      inherit (controllerEval) config;
-      cfg = config.services.lab-orchestrator;
-    in
-    {
-      inherit (controllerEval) failedAssertions warnings docs;
-      services = {
-        run = config.systemd.services.lab-orchestrator or null;
-        resume = config.systemd.services.lab-orchestrator-resume or null;
+  controller = controllerView (evalNixos [ default ] controllerHost);
+  target = targetView (evalNixos [ targetModule ] (hostConfig target));
+  both =
+    if both == "null" then
+      null
+    else
+      let
+        evaluation = evalNixos [
+          default
+          targetModule
+        ] (hostConfig both);
+      in
+      {
+        controller = controllerView evaluation;
+        target = targetView evaluation;
       };
-      timer = config.systemd.timers.lab-orchestrator or null;
-      configFiles = lib.mapAttrs (_: file: {
-        path = file.outPath;
-        inherit (file) text;
-      }) (if cfg.enable then cfg.configFiles else { });
-      checks = map (c: { inherit (c) name buildCommand; }) config.system.checks;
-      etc = lib.mapAttrs (_: entry: entry.source or entry.text or null) config.environment.etc;
-      polkit = config.security.polkit.extraConfig;
-      users = config.users.users;
-      groups = lib.attrNames config.users.groups;
-      systemPackages = config.environment.systemPackages;
-    };
-
-  target =
-    let
-      inherit (targetEval) config;
-    in
-    {
-      inherit (targetEval) failedAssertions docs;
-      users = config.users.users;
-      groups = lib.attrNames config.users.groups;
-      sudoRules = config.security.sudo.extraRules;
-    };
 }

@@ -266,8 +266,6 @@ async def test_a_command_with_a_newline_is_logged_and_reported_on_one_line(caplo
     with pytest.raises(ProcessFailed) as failed:
         result.check()
     started = [r.getMessage() for r in caplog.records if "running `" in r.getMessage()]
-    assert started == [
-        f"hook on_done: running `{shlex.join(argv[:2])} 'import sys\\x0asys.exit(3)'`"
-    ]
+    assert started == [f"hook on_done: running `{shlex.join(argv[:2])} 'import sys\\nsys.exit(3)'`"]
     assert "\n" not in str(failed.value)
-    assert "'import sys\\x0asys.exit(3)'` failed with exit code 3" in str(failed.value)
+    assert "'import sys\\nsys.exit(3)'` failed with exit code 3" in str(failed.value)
