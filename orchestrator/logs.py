@@ -7,7 +7,23 @@ import os
 import sys
 from pathlib import Path
 
+from health_checks.text import from_host
+from orchestrator import files
 from orchestrator.errors import ConfigError
+
+# One event is one line: long enough for any message of ours, which are already escaped where
+# they carry host text; this is the last guard for whatever else reaches a handler.
+LINE_MAX = 64 * 1024
+
+
+class OneLine(logging.Filter):
+    """Escapes control characters in every message, so nothing (a library's debug line quoting
+    a host, a message we did not foresee) can forge a log line or drive a terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = from_host(record.getMessage(), limit=LINE_MAX)
+        record.args = None
+        return True
 
 
 def setup(
@@ -25,16 +41,19 @@ def setup(
         stderr.setFormatter(logging.Formatter("%(message)s"))
     else:
         stderr.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    stderr.addFilter(OneLine())
     logger.addHandler(stderr)
     if log_file is not None:
         try:
-            handler = logging.FileHandler(log_file, encoding="utf-8")
+            # Created 0600 whatever the umask, never through a symlink (see files.py).
+            handler = files.PrivateFileHandler(log_file)
         except OSError as exc:
             where = f"{config_path}: " if config_path is not None else ""
             raise ConfigError(
                 f"{where}log_file: cannot open {log_file}: {exc.strerror or exc}"
             ) from None
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler.addFilter(OneLine())
         logger.addHandler(handler)
     # The libraries' own INFO lines (every SSH channel, every HTTP request) drown the events.
     for noisy in ("asyncssh", "httpx", "httpcore", "transitions"):

@@ -45,13 +45,31 @@ class Measured:
     seconds: float
 
 
+# Linux records, at exec, the memory high-water mark of the image being replaced into the
+# process's ru_maxrss: a child forked straight from this (large) pytest process would report
+# pytest's size. So a small launcher forks the orchestrator from its own small image, waits
+# for it with wait4 and writes that child's ru_maxrss (KiB) to argv[1].
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def run_measured(config: Path, *args: str, workdir: Path) -> Measured:
     """One real orchestrator process; its own peak RSS from wait4 (not the test's)."""
     err_path = workdir / "stderr.txt"
+    rss_path = workdir / "peak-rss-kib"
     started = time.monotonic()
     with err_path.open("wb") as err:
+        orchestrator = [sys.executable, "-m", "orchestrator", "--config", str(config), *args]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "--config", str(config), *args],
+            [sys.executable, "-c", LAUNCHER, str(rss_path), *orchestrator],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -66,11 +84,12 @@ def run_measured(config: Path, *args: str, workdir: Path) -> Measured:
                 proc.kill()
                 raise AssertionError("the orchestrator did not finish against hostile hosts")
             time.sleep(0.05)
+    del usage  # the launcher's own figure, inflated by this process's size
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Measured(
         proc.returncode,
         err_path.read_text(errors="replace"),
-        usage.ru_maxrss / 1024,
+        int(rss_path.read_text()) / 1024,
         time.monotonic() - started,
     )
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from orchestrator import remote
+from orchestrator import keys, remote
 from tests.fault_lab import boots, orchestrator, reboots_requested, write_config
 from tests.netlab import Lab
 
@@ -52,7 +53,10 @@ def nasty_words(canary: Path) -> list[str]:
 def shells_available() -> None:
     for shell in SHELLS.values():
         if not shutil.which(shell):
-            pytest.skip(f"{shell} missing (run tests/netlab/install-prereqs.sh)")
+            reason = f"{shell} missing (run tests/netlab/install-prereqs.sh)"
+            if os.environ.get("CI"):
+                pytest.fail(f"{reason}; CI must install it")
+            pytest.skip(reason)
 
 
 def ssh_host(lab: Lab, name: str) -> remote.SshHost:
@@ -62,7 +66,7 @@ def ssh_host(lab: Lab, name: str) -> remote.SshHost:
         host=host.address,
         port=22,
         user="root",
-        identity_file=lab.client_key_path,
+        client_key=keys.load_identity(lab.client_key_path, None),
         known_hosts=(lab.known_hosts_path,),
         connect_timeout=5,
     )

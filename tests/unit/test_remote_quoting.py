@@ -8,6 +8,7 @@ tests/test_netlab_login_shells.py does the same through real sshd."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -82,10 +83,18 @@ def test_first_word_rules_and_edge_cases():
 SHELLS = ["/bin/sh", "/bin/bash", "/usr/bin/zsh", "/usr/bin/fish", "/bin/dash"]
 
 
+def need(shell: str) -> None:
+    if shutil.which(shell):
+        return
+    reason = f"{shell} not installed (tests/netlab/install-prereqs.sh installs zsh, fish)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must install it")
+    pytest.skip(reason)
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_decoded_argv_is_exact_under_each_login_shell(shell, tmp_path):
-    if not shutil.which(shell):
-        pytest.skip(f"{shell} not installed (tests/netlab/install-prereqs.sh installs zsh, fish)")
+    need(shell)
     argv = [*PRINT_ARGV, *NASTY]
     command, script = remote_command(argv)
     (tmp_path / "home").mkdir()
@@ -107,8 +116,7 @@ def test_decoded_argv_is_exact_under_each_login_shell(shell, tmp_path):
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_exit_code_and_stdin_of_the_decoded_command(shell, tmp_path):
-    if not shutil.which(shell):
-        pytest.skip(f"{shell} not installed")
+    need(shell)
     command, script = remote_command(["sh", "-c", "cat; exit 7", "x y"])
     result = subprocess.run(
         [shell, "-c", command],
