@@ -105,7 +105,13 @@ def test_sigkill_at_random_moments_then_resume_reboots_each_host_exactly_once(ne
             with log.open("a") as f:
                 f.write(f"--- run again (exit {again.returncode})\n{again.stderr}")
         anchor = "the deploy step + " if near_reboot else ""
-        context = f"seed {seed}: killed {anchor}{delay:.3f}s in, at {where}\n{log.read_text()}"
+        # What the hosts themselves reported going wrong (e.g. an sshd that did not start),
+        # so a failure under load says whether the lab or the orchestrator was at fault.
+        lab_errors = lab.events(event="error", since=since)
+        context = (
+            f"seed {seed}: killed {anchor}{delay:.3f}s in, at {where}\n{log.read_text()}"
+            f"lab errors: {lab_errors}"
+        )
 
         assert resumed.returncode == 0, context
         final = latest_run(state_dir)
