@@ -15,7 +15,7 @@ from typing import Annotated
 
 import httpx
 import idna
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 from pytimeparse.timeparse import timeparse as parse_timespan
 
 MAX_DURATION = 7 * 24 * 3600.0  # a week: longer is a typo, and `.inf` would hang a run
@@ -98,6 +98,19 @@ def _http_url(value: str) -> str:
     return value
 
 
+_SERVICE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def _service_url(value: object) -> object:
+    """An apprise or ping URL: a scheme and a body (apprise alone knows its 100+ schemes).
+    The message never repeats the value: these URLs carry tokens."""
+    if not isinstance(value, str):
+        return value  # SecretStr says "must be a string"
+    if not _SERVICE_URL.fullmatch(value) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("not a URL of the form scheme://... (the value is secret: not shown)")
+    return value
+
+
 def _argv(value: list[str]) -> list[str]:
     if not value or not value[0]:
         raise ValueError("must be a non-empty list: the program, then its arguments")
@@ -138,6 +151,7 @@ Duration = Annotated[float, BeforeValidator(_duration_seconds)]
 PositiveDuration = Annotated[float, BeforeValidator(_duration_seconds), AfterValidator(_positive)]
 Argv = Annotated[list[str], AfterValidator(_argv)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+ServiceUrl = Annotated[SecretStr, BeforeValidator(_service_url)]
 HostName = Annotated[str, AfterValidator(_host_name)]
 UserName = Annotated[str, AfterValidator(_user_name)]
 FilePath = Annotated[Path, BeforeValidator(_path_text)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -25,6 +25,7 @@ from health_checks.schema import (
     HostName,
     Port,
     PositiveDuration,
+    ServiceUrl,
     UserName,
 )
 from orchestrator import defaults
@@ -193,6 +194,69 @@ class Hooks(ConfigModel):
     )
 
 
+class NotifySettings(ConfigModel):
+    """Notifications through apprise. The URLs carry tokens: they never appear in a log line,
+    `status`, `plan` or an error message."""
+
+    urls: list[ServiceUrl] = Field(
+        default=[],
+        description="apprise URLs (`ntfy://`, `tgram://`, `mailto://`, `matrix://`, `json://` "
+        "and 100+ more). Prefer `urls_file`: a config file is often world-readable.",
+        examples=[["ntfy://ntfy.sh/my-lab-topic"]],
+    )
+    urls_file: FilePath | None = Field(
+        default=None,
+        description="A file with one apprise URL per line (`#` starts a comment), read at each "
+        "run; the NixOS module passes `notify.urlsFile` with systemd's LoadCredential.",
+        examples=["/run/credentials/lab-orchestrator.service/notify-urls"],
+    )
+    on: list[Literal["aborted", "done"]] = Field(
+        default=list(defaults.NOTIFY_ON),
+        description="The run endings that send a notification.",
+        examples=[["aborted", "done"]],
+    )
+    timeout: PositiveDuration = Field(
+        default=defaults.NOTIFY_TIMEOUT,
+        description="Bound on sending one notification. One that fails or runs past it is a "
+        "warning; it never changes the run's outcome or exit code.",
+        examples=["30s"],
+    )
+
+
+class HeartbeatSettings(ConfigModel):
+    """A dead-man switch: an external service alerts when a run's success ping does not
+    arrive, even when the controller died mid-run and nothing is left to tell anyone."""
+
+    url: ServiceUrl | None = Field(
+        default=None,
+        description="A healthchecks.io ping URL (`<url>/start` when a run starts or resumes, "
+        "`<url>` when it ends done, `<url>/fail` when it ends aborted) or an Uptime Kuma push "
+        "URL (`.../api/push/<token>`, sent `status=up` or `status=down`). Secret, like "
+        "notification URLs.",
+        examples=["https://hc-ping.com/0d2b4f4e-5a4c-4a8e-9a56-2a6c2f3b9b10"],
+    )
+    url_file: FilePath | None = Field(
+        default=None,
+        description="A file holding the URL (its first line), read at each run; the NixOS "
+        "module passes `heartbeat.urlFile` with systemd's LoadCredential.",
+        examples=["/run/credentials/lab-orchestrator.service/heartbeat-url"],
+    )
+    timeout: PositiveDuration = Field(
+        default=defaults.HEARTBEAT_TIMEOUT,
+        description="Bound on one ping. A failing ping is a warning and changes nothing else.",
+        examples=["10s"],
+    )
+
+
+class MetricsSettings(ConfigModel):
+    textfile: FilePath | None = Field(
+        default=None,
+        description="Prometheus metrics file for node_exporter's textfile collector, rewritten "
+        "atomically at run start, at each state change and at the end.",
+        examples=["/var/lib/prometheus-node-exporter/lab_orchestrator.prom"],
+    )
+
+
 class Machine(ConfigModel):
     host: HostName | None = Field(
         default=None,
@@ -291,6 +355,16 @@ class Config(ConfigModel):
     hooks: Hooks = Field(
         default=Hooks(), description="Your own commands at the start and end of a run."
     )
+    notify: NotifySettings = Field(
+        default=NotifySettings(), description="Tell the owner how a run ended (apprise)."
+    )
+    heartbeat: HeartbeatSettings = Field(
+        default=HeartbeatSettings(),
+        description="A dead-man ping per run (healthchecks.io, Uptime Kuma).",
+    )
+    metrics: MetricsSettings = Field(
+        default=MetricsSettings(), description="Prometheus textfile metrics."
+    )
     preflight: bool = Field(
         default=True,
         description="Probe every machine (SSH, boot id, system state, checks) before "
@@ -358,7 +432,6 @@ _MESSAGES = {
     "model_attributes_type": "must be a mapping",
     "string_type": "must be a string",
     "path_type": "must be a path",
-    "literal_error": "wrong check type for these keys",
 }
 
 
@@ -384,6 +457,10 @@ def _describe(error: Any) -> str:
     if kind == "string_type" and isinstance(error.get("input"), bool):
         # `command: [true]`: YAML reads true/false/yes/no/on/off as booleans.
         return 'must be a string (YAML reads true, yes, on as a boolean: quote it, "true")'
+    if kind == "literal_error":
+        if "checks" in error["loc"]:
+            return "wrong check type for these keys"
+        return f"must be one of: {error['ctx']['expected'].replace(' or ', ', ')}"
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):

@@ -9,6 +9,7 @@ them from the schema, and ``nix/module.nix`` points to that reference instead of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 CONFIG_PATH = Path("/etc/lab-orchestrator/config.yaml")
 STATE_DIR = Path("/var/lib/lab-orchestrator")
@@ -34,3 +35,7 @@ STATE_COMMAND = ("systemctl", "is-system-running")
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 HOOK_TIMEOUT = 60.0
+
+NOTIFY_ON: tuple[Literal["aborted", "done"], ...] = ("aborted",)
+NOTIFY_TIMEOUT = 30.0
+HEARTBEAT_TIMEOUT = 10.0

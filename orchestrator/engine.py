@@ -33,10 +33,10 @@ from health_checks.gate import (
     probe_once,
     wait_until_healthy,
 )
-from orchestrator import keys, lock, process, remote, report
+from orchestrator import heartbeat, keys, lock, metrics, notify, process, remote, report, sdstatus
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, LockHeldError, OrchestratorError, StoreError
-from orchestrator.hooks import EventKind, EventPoint, Hook, RunEvent, command_hooks
+from orchestrator.hooks import EventKind, EventPoint, Hook, RunEvent, Waiting, command_hooks
 from orchestrator.paths import read_state_dir
 from orchestrator.remote import Host, LocalHost, ProbeFailed, SshEndpoint, SshHost
 from orchestrator.states import (
@@ -124,9 +124,17 @@ def gate_target(config: LoadedConfig, host: Host) -> GateTarget:
     return GateTarget(host, config.address(host.name), config.machine(host.name).checks)
 
 
-def configured_hooks(config: LoadedConfig) -> list[Hook]:
-    hooks = config.settings.hooks
-    return command_hooks(hooks.on_start, hooks.on_done, hooks.on_abort, hooks.timeout)
+def configured_hooks(config: LoadedConfig, store: Store) -> list[Hook]:
+    """Everything that hears of a run, in the order it hears: the metrics file and systemd's
+    status line first (local and quick), then the owner's commands, the notification and the
+    heartbeat (which may wait on the network)."""
+    settings = config.settings
+    hooks: list[Hook] = [*metrics.hooks(settings.metrics, store), *sdstatus.hooks()]
+    commands = settings.hooks
+    hooks += command_hooks(commands.on_start, commands.on_done, commands.on_abort, commands.timeout)
+    hooks += notify.hooks(settings.notify)
+    hooks += heartbeat.hooks(settings.heartbeat)
+    return hooks
 
 
 async def plan_probe(config: LoadedConfig) -> dict[str, GateRound]:
@@ -208,14 +216,22 @@ class Engine:
         self.store.set_state(self.run_id, self.model.state, error=error)
         if self.model.state not in FINAL_STATES:
             log.info("run %d: %s", self.run_id, self.model.state)
+        await self._emit(EventKind.STATE_CHANGED)
 
     def _check_abort(self, where: str) -> None:
         if self.store.abort_requested(self.run_id):
             raise RunAborted(f"aborted on request (orchestrator abort) before {where}")
 
-    async def _emit(self, kind: EventKind, machine: str | None = None, **extra: bool) -> None:
+    async def _emit(
+        self,
+        kind: EventKind,
+        machine: str | None = None,
+        *,
+        resumed: bool = False,
+        waiting: Waiting | None = None,
+    ) -> None:
         summary = report.summarize(self.record)
-        await self.events.emit(RunEvent(kind, summary, machine, **extra))
+        await self.events.emit(RunEvent(kind, summary, machine, resumed, waiting))
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -421,6 +437,9 @@ class Engine:
                 self.store.record_probes(self.run_id, name, result.as_json())
                 if failure is not None:
                     log.info("%s: waiting: %s", name, summary)
+                    elapsed = time.monotonic() - started
+                    waiting = Waiting(summary, elapsed, reboot.timeout)
+                    await self._emit(EventKind.MACHINE_WAITING, name, waiting=waiting)
             if self.store.abort_requested(self.run_id):
                 raise RunAborted(
                     f"aborted on request (orchestrator abort) while verifying {name}, "
@@ -494,7 +513,7 @@ async def report_end(store: Store, record: RunRecord, events: EventPoint) -> Non
 async def _drive(
     config: LoadedConfig, store: Store, start: RunKind | None, only: str | None
 ) -> RunRecord | None:
-    events = EventPoint(configured_hooks(config))
+    events = EventPoint(configured_hooks(config, store))
     owed = store.unreported_end()
     if owed is not None:
         log.info(
@@ -583,5 +602,5 @@ async def _abort_idle(config_path: Path, store: Store, run: RunRecord) -> str:
         # The abort stands; the hooks hear of it from the next run or resume that can load it.
         log.warning("warning: on_abort hooks not run now: %s", exc)
         return done
-    await report_end(store, store.run(run.run_id), EventPoint(configured_hooks(config)))
+    await report_end(store, store.run(run.run_id), EventPoint(configured_hooks(config, store)))
     return done

@@ -1,8 +1,10 @@
 """The run's one event point, and the hooks that subscribe to it.
 
-The engine emits four events: a run started (or was resumed), a machine is rebooting, a
-machine is healthy, and a run finished (``done`` or ``aborted``). Each carries the run's
-``RunSummary``, the same data the ``summary:`` lines and ``status`` are made of. A hook is any
+The engine emits six events: a run started (or was resumed), the run moved to a new state
+(committed to the store first), a machine is rebooting, a rebooted machine is still waited for
+(its first failing probe changed), a machine is healthy, and a run finished (``done`` or
+``aborted``). Each carries the run's ``RunSummary``, the same data the ``summary:`` lines and
+``status`` are made of. A hook is any
 async callable with a name and a timeout; one that fails or hangs is a warning in the log and
 never changes the run's outcome or exit code — the run, not its messenger, is what matters.
 
@@ -30,9 +32,21 @@ log = logging.getLogger("orchestrator")
 
 class EventKind(StrEnum):
     RUN_STARTED = "run_started"
+    STATE_CHANGED = "state_changed"
     MACHINE_REBOOTING = "machine_rebooting"
+    MACHINE_WAITING = "machine_waiting"
     MACHINE_HEALTHY = "machine_healthy"
     RUN_FINISHED = "run_finished"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What a rebooted machine is waited for (MACHINE_WAITING): its first failing probe, as
+    sanitised host text, and how far into ``reboot.timeout`` the wait is."""
+
+    failure: str
+    elapsed: float
+    limit: float
 
 
 @dataclass(frozen=True)
@@ -41,12 +55,14 @@ class RunEvent:
     summary: RunSummary
     machine: str | None = None
     resumed: bool = False  # RUN_STARTED only: an interrupted run continues
+    waiting: Waiting | None = None  # MACHINE_WAITING only
 
     def as_json(self) -> dict[str, Any]:
         return {
             "event": self.kind.value,
             "machine": self.machine,
             "resumed": self.resumed,
+            "waiting": None if self.waiting is None else vars(self.waiting),
             "run": self.summary.as_json(),
         }
 

@@ -105,6 +105,23 @@ def _check_duplicates(node: MappingNode, path: str, build: Callable[[Node], Any]
         seen[value] = line
 
 
+BOOL_TAG = "tag:yaml.org,2002:bool"
+STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _keys_are_names(node: MappingNode) -> None:
+    """A plain ``on:``/``off:``/``yes:``/``no:`` key is that word, not a boolean.
+
+    YAML 1.1 (PyYAML) reads them as booleans even as keys, so ``notify: {on: [done]}`` would
+    become ``{True: [...]}``; every key of this schema is a name, and YAML 1.2 agrees that
+    these words are plain strings."""
+    from yaml.nodes import ScalarNode
+
+    for key, _ in node.value:
+        if isinstance(key, ScalarNode) and key.tag == BOOL_TAG and key.style is None:
+            key.tag = STR_TAG
+
+
 def _short(path: str) -> str:
     return path if len(path) <= 60 else path[:57] + "..."
 
@@ -134,6 +151,7 @@ def _check_tree(root: Node, build: Callable[[Node], Any]) -> None:
             raise _Problem(_short(path), f"nested deeper than {MAX_DEPTH} levels")
         open_nodes.add(ident)
         if isinstance(node, MappingNode):
+            _keys_are_names(node)
             _check_duplicates(node, path, build)
         stack.append((node, path, depth, True))
         stack += [(child, where, depth + 1, False) for child, where in _children(node, path)]
