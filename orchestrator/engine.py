@@ -33,7 +33,18 @@ from health_checks.gate import (
     probe_once,
     wait_until_healthy,
 )
-from orchestrator import heartbeat, keys, lock, metrics, notify, process, remote, report, sdstatus
+from orchestrator import (
+    heartbeat,
+    keys,
+    lock,
+    logs,
+    metrics,
+    notify,
+    process,
+    remote,
+    report,
+    sdstatus,
+)
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, LockHeldError, OrchestratorError, StoreError
 from orchestrator.hooks import EventKind, EventPoint, Hook, RunEvent, Waiting, command_hooks
@@ -214,6 +225,7 @@ class Engine:
         await getattr(self.model, trigger)()
         # Committed before the next state's work starts: this is the resume point.
         self.store.set_state(self.run_id, self.model.state, error=error)
+        logs.set_run_context(self.run_id, self.model.state)
         if self.model.state not in FINAL_STATES:
             log.info("run %d: %s", self.run_id, self.model.state)
         await self._emit(EventKind.STATE_CHANGED)
@@ -244,6 +256,7 @@ class Engine:
             Phase.VERIFYING: self.verifying,
             Phase.SETTLING: self.settling,
         }
+        logs.set_run_context(self.run_id, self.model.state)
         await self._emit(EventKind.RUN_STARTED, resumed=resumed)
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._http.aclose)

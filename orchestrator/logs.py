@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
@@ -14,6 +15,22 @@ from orchestrator.errors import ConfigError
 # One event is one line: long enough for any message of ours, which are already escaped where
 # they carry host text; this is the last guard for whatever else reaches a handler.
 LINE_MAX = 64 * 1024
+
+
+# The run and state a log line belongs to (the journal's RUN_ID=, STATE=, MACHINE= fields);
+# set by the engine as the run moves, read by the journal handler.
+_run_context: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar(
+    "run_context", default=None
+)
+
+
+def set_run_context(run_id: int | None, state: str | None = None) -> None:
+    """Every log line from here on belongs to run ``run_id`` in ``state`` (None: no run)."""
+    _run_context.set(None if run_id is None or state is None else (run_id, state))
+
+
+def run_context() -> tuple[int, str] | None:
+    return _run_context.get()
 
 
 class OneLine(logging.Filter):
