@@ -64,6 +64,8 @@
               bareSystem
               {
                 services.openssh.enable = true;
+                # metrics.enable points its textfile collector at the metrics.
+                services.prometheus.exporters.node.enable = true;
                 programs.ssh.knownHosts.grey-area = {
                   hostNames = [ "grey-area.local" ];
                   publicKey = examplePublicKey;
@@ -74,6 +76,14 @@
                   flake = "/var/lib/lab-orchestrator/lab";
                   sshKeyFile = "/etc/ssh/ssh_host_ed25519_key";
                   settings.ssh.user = "lab-orchestrator";
+                  # Credentials (issue 9): never read at build time.
+                  notify.urlsFile = "/etc/lab-orchestrator/notify-urls";
+                  heartbeat.urlFile = "/etc/lab-orchestrator/heartbeat-url";
+                  settings.notify.on = [
+                    "aborted"
+                    "done"
+                  ];
+                  metrics.enable = true;
                   machines = {
                     grey-area = {
                       host = "grey-area.local";
@@ -110,7 +120,8 @@
           # Builds what the modules generate without building a whole system:
           # the three units, sudoers (checked by visudo), the polkit rules and
           # the build-time checks (`systemd-analyze calendar` of the schedule,
-          # `orchestrator validate-config` of the config files).
+          # `orchestrator validate-config` of the config files); with
+          # node_exporter, its unit (the textfile collector's flag).
           moduleOutputs =
             name:
             { config, ... }:
@@ -129,6 +140,9 @@
                   "sudoers" = config.environment.etc.sudoers.source;
                   "polkit.rules" = config.environment.etc."polkit-1/rules.d/10-nixos.rules".source;
                   "config.yaml" = config.environment.etc."lab-orchestrator/config.yaml".source;
+                }
+                // lib.optionalAttrs config.services.prometheus.exporters.node.enable {
+                  "prometheus-node-exporter.service" = unit "prometheus-node-exporter.service";
                 }
                 // lib.listToAttrs (
                   map (check: lib.nameValuePair check.name check) (

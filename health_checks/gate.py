@@ -20,7 +20,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from health_checks.base import Check, CommandHost, Probe, ProbeContext, Timeouts
 from health_checks.clients import HttpClients
@@ -34,6 +41,7 @@ __all__ = [
     "Probe",
     "gate_round",
     "probe_once",
+    "probe_settled",
     "wait_until_healthy",
 ]
 
@@ -163,6 +171,27 @@ async def probe_once(
             )
     except TimeoutError:
         return GateRound((Probe("gate", False, f"no answer within {limit:g}s"),), None, None)
+
+
+async def probe_settled(
+    target: GateTarget,
+    http: HttpClients,
+    policy: GatePolicy,
+    transient: type[Exception],
+    attempts: int,
+) -> GateRound:
+    """Up to ``attempts`` rounds, ``poll_interval`` apart, until one passes: preflight's
+    question "is this machine healthy now?". One round that timed out on a busy controller or
+    network is not an answer to abort a night's run on; a machine that fails every round is."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        wait=wait_fixed(policy.poll_interval),
+        retry=retry_if_result(lambda result: not result.passed),
+        # Out of attempts: the last round is the answer (it says which probe failed).
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    result: GateRound = await retrying(probe_once, target, http, policy, transient)
+    return result
 
 
 class GateNotPassed(Exception):

@@ -89,18 +89,49 @@ let
   # itself: it works for whoever can read it.
   credentialPath = unit: name: "/run/credentials/${unit}.service/${name}";
 
-  # The key and its passphrase, as LoadCredential= entries and as config keys.
+  # Files with secrets, as LoadCredential= entries and as config keys
+  # (`section.key`): the SSH key and its passphrase, and the notification and
+  # heartbeat URLs, whose tokens would be readable by anyone in the store.
   credentials =
     optional (cfg.sshKeyFile != null) {
       name = "ssh-key";
+      section = "ssh";
       key = "identity_file";
       file = cfg.sshKeyFile;
     }
     ++ optional (cfg.sshKeyPassphraseFile != null) {
       name = "ssh-key-passphrase";
+      section = "ssh";
       key = "passphrase_file";
       file = cfg.sshKeyPassphraseFile;
+    }
+    ++ optional (cfg.notify.urlsFile != null) {
+      name = "notify-urls";
+      section = "notify";
+      key = "urls_file";
+      file = cfg.notify.urlsFile;
+    }
+    ++ optional (cfg.heartbeat.urlFile != null) {
+      name = "heartbeat-url";
+      section = "heartbeat";
+      key = "url_file";
+      file = cfg.heartbeat.urlFile;
     };
+
+  # The options naming such files, for the assertions below.
+  secretFileOptions = {
+    inherit (cfg) sshKeyFile sshKeyPassphraseFile;
+    "notify.urlsFile" = cfg.notify.urlsFile;
+    "heartbeat.urlFile" = cfg.heartbeat.urlFile;
+  };
+  outsideStore = path: hasPrefix "/" path && !hasPrefix builtins.storeDir path;
+
+  # node_exporter's textfile collector reads every *.prom file of one
+  # directory; the orchestrator replaces its file there atomically (a new
+  # file in the same directory, renamed over the old one), so it needs the
+  # directory itself writable.
+  nodeExporter = config.services.prometheus.exporters.node;
+  metricsFile = "${cfg.metrics.directory}/lab_orchestrator.prom";
 
   dropNulls = filterAttrs (_: v: v != null);
 
@@ -120,17 +151,15 @@ let
     # unit: the unit whose credentials directory holds the files; null: the files themselves.
     unit:
     let
-      ssh =
-        (cfg.settings.ssh or { })
-        // lib.listToAttrs (
-          map (credential: {
-            name = credential.key;
-            value = if unit == null then credential.file else credentialPath unit credential.name;
-          }) credentials
-        );
+      credentialSettings = lib.foldl' (
+        settings: credential:
+        lib.recursiveUpdate settings {
+          ${credential.section}.${credential.key} =
+            if unit == null then credential.file else credentialPath unit credential.name;
+        }
+      ) { } credentials;
     in
-    cfg.settings
-    // optionalAttrs (ssh != { }) { inherit ssh; }
+    lib.recursiveUpdate cfg.settings credentialSettings
     // {
       machines = lib.mapAttrs (_: renderMachine) cfg.machines;
       order = cfg.rebootOrder;
@@ -384,6 +413,74 @@ in
       '';
     };
 
+    notify.urlsFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/lab-orchestrator/notify-urls";
+      description = ''
+        Absolute path of a file with the apprise URLs told how a run ended
+        (one per line, `#` starts a comment; e.g. `ntfy://ntfy.sh/my-topic`,
+        `tgram://<bot token>/<chat id>`), read at each run. The URLs carry
+        tokens, so like {option}`sshKeyFile` the file is passed with
+        LoadCredential= (it may be readable by root only) and never copied
+        to the Nix store (`notify.urls_file` in config/REFERENCE.md). Which
+        endings notify is `settings.notify.on`. URLs in
+        `settings.notify.urls` instead end up in the world-readable Nix
+        store (the module warns).
+      '';
+    };
+
+    heartbeat.urlFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/lab-orchestrator/heartbeat-url";
+      description = ''
+        Absolute path of a file whose first line is a dead-man switch URL
+        (a healthchecks.io ping URL or an Uptime Kuma push URL), pinged when
+        a run starts and when it ends, so a run that never finishes (the
+        controller died mid-run) raises an alert there. Secret like
+        {option}`notify.urlsFile`: passed with LoadCredential= and never
+        copied to the Nix store (`heartbeat.url_file` in
+        config/REFERENCE.md); `settings.heartbeat.url` would put it into the
+        store (the module warns).
+      '';
+    };
+
+    metrics.enable = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Whether the orchestrator writes Prometheus metrics of its runs to
+        `lab_orchestrator.prom` in {option}`metrics.directory`, replaced
+        atomically at run start, at each state change and at the end
+        (`metrics.textfile` in config/REFERENCE.md). With
+        {option}`services.prometheus.exporters.node.enable`, node_exporter's
+        textfile collector is turned on and pointed at that directory, so
+        the metrics appear on node_exporter's own endpoint; pass no
+        `--collector.textfile.directory` of your own in its `extraFlags`
+        then (set {option}`metrics.directory` to that directory instead).
+        Without node_exporter on this host the file is still written, for
+        whatever reads that directory (node_exporter in a container,
+        Grafana Alloy, Telegraf). With {option}`configFile`, the directory
+        and node_exporter are set up all the same; name the file as that
+        file's `metrics.textfile`.
+      '';
+    };
+
+    metrics.directory = mkOption {
+      type = types.str;
+      default = "/var/lib/prometheus-node-exporter-text-files";
+      example = "/var/lib/node-exporter-textfiles";
+      description = ''
+        The textfile collector directory {option}`metrics.enable` writes to.
+        The module creates it (mode 0755, owned by {option}`user`, so other
+        writers must run as root) and keeps it writable in the units'
+        sandbox; the metrics file itself is world-readable (0644). It is
+        kept across reboots, so the last run's outcome stays visible.
+      '';
+    };
+
     machines = mkOption {
       type = types.attrsOf machineSubmodule;
       default = { };
@@ -449,7 +546,10 @@ in
         of the same purpose; by default `ssh.known_hosts` is
         `/etc/ssh/ssh_known_hosts`, generated from
         {option}`programs.ssh.knownHosts`, when running as the dedicated
-        user.
+        user. Everything here ends up in the world-readable Nix store: put
+        no secrets here, e.g. notification or heartbeat URLs with tokens
+        (`notify.urls`, `heartbeat.url`); use {option}`notify.urlsFile` and
+        {option}`heartbeat.urlFile`.
       '';
     };
 
@@ -488,6 +588,7 @@ in
         settings = {
           inherit (cfg) flake;
           ssh = mkIf dedicatedUser { known_hosts = mkDefault [ "/etc/ssh/ssh_known_hosts" ]; };
+          metrics = mkIf cfg.metrics.enable { textfile = metricsFile; };
         };
       };
 
@@ -520,39 +621,50 @@ in
           message = "services.lab-orchestrator.flake must be an absolute path to a writable checkout (not a store path), got \"${cfg.flake}\".";
         }
         {
-          assertion =
-            cfg.sshKeyFile == null
-            || (hasPrefix "/" cfg.sshKeyFile && !hasPrefix builtins.storeDir cfg.sshKeyFile);
-          message = "services.lab-orchestrator.sshKeyFile must be an absolute path outside the Nix store, got \"${toString cfg.sshKeyFile}\".";
-        }
-        {
           assertion = cfg.sshKeyPassphraseFile == null || cfg.sshKeyFile != null;
           message = "services.lab-orchestrator.sshKeyPassphraseFile needs services.lab-orchestrator.sshKeyFile: it is that key's passphrase.";
         }
         {
-          assertion =
-            cfg.sshKeyPassphraseFile == null
-            || (
-              hasPrefix "/" cfg.sshKeyPassphraseFile
-              && !hasPrefix builtins.storeDir cfg.sshKeyPassphraseFile
-            );
-          message = "services.lab-orchestrator.sshKeyPassphraseFile must be an absolute path outside the Nix store, got \"${toString cfg.sshKeyPassphraseFile}\".";
+          assertion = !cfg.metrics.enable || outsideStore cfg.metrics.directory;
+          message = "services.lab-orchestrator.metrics.directory must be an absolute path outside the Nix store, got \"${cfg.metrics.directory}\".";
         }
         {
           assertion = !(cfg.settings ? machines || cfg.settings ? order);
           message = "services.lab-orchestrator.settings: set machines and their order with services.lab-orchestrator.machines and services.lab-orchestrator.rebootOrder, not settings.machines/settings.order.";
         }
       ]
+      # Secrets are read by the units through LoadCredential=, never from the store.
+      ++ mapAttrsToList (option: file: {
+        assertion = file == null || outsideStore file;
+        message = "services.lab-orchestrator.${option} must be an absolute path outside the Nix store, got \"${toString file}\".";
+      }) secretFileOptions
+      # A hand-written configFile serves both units, so it cannot name each
+      # unit's own credentials directory.
+      ++ mapAttrsToList (option: file: {
+        assertion = cfg.configFile == null || file == null;
+        message = "services.lab-orchestrator.${option} cannot be used with services.lab-orchestrator.configFile: name the file in that file instead.";
+      }) (removeAttrs secretFileOptions [ "sshKeyFile" ])
       ++ mapAttrsToList (name: m: {
         assertion = m.local || m.host != null;
         message = "services.lab-orchestrator.machines.${name}.host must be set (or local = true).";
       }) cfg.machines;
 
-      warnings = optional (dedicatedUser && config.programs.ssh.knownHosts == { }) ''
-        services.lab-orchestrator runs as a dedicated user, which has no ~/.ssh/known_hosts:
-        declare the machines' host keys in programs.ssh.knownHosts (or set
-        services.lab-orchestrator.settings.ssh.known_hosts), or every SSH connection will be refused.
-      '';
+      warnings =
+        optional (dedicatedUser && config.programs.ssh.knownHosts == { }) ''
+          services.lab-orchestrator runs as a dedicated user, which has no ~/.ssh/known_hosts:
+          declare the machines' host keys in programs.ssh.knownHosts (or set
+          services.lab-orchestrator.settings.ssh.known_hosts), or every SSH connection will be refused.
+        ''
+        ++ optional ((cfg.settings.notify.urls or [ ]) != [ ]) ''
+          services.lab-orchestrator.settings.notify.urls puts the notification URLs, and the tokens
+          in them, into the world-readable Nix store: list them in a file named by
+          services.lab-orchestrator.notify.urlsFile instead.
+        ''
+        ++ optional ((cfg.settings.heartbeat.url or null) != null) ''
+          services.lab-orchestrator.settings.heartbeat.url puts the heartbeat URL, a secret, into the
+          world-readable Nix store: put it in a file named by
+          services.lab-orchestrator.heartbeat.urlFile instead.
+        '';
 
       environment.systemPackages = [ cfg.package ];
       # The CLI's default --config, so `orchestrator status` works by hand.
@@ -613,6 +725,29 @@ in
       );
     }
 
+    (mkIf cfg.metrics.enable {
+      # 0755: node_exporter (its own user) lists the directory and reads the
+      # file, which the orchestrator makes 0644 despite the units' UMask.
+      # In /var/lib, not /run: the controller reboots itself mid-run, and the
+      # last run's outcome should survive that.
+      systemd.tmpfiles.rules = [
+        "d ${cfg.metrics.directory} 0755 ${cfg.user} ${cfg.group} -"
+      ];
+
+      # The textfile collector is on by default in node_exporter; naming it
+      # keeps it on under `--collector.disable-defaults`. nixpkgs has no
+      # option for its directory, hence the flag. The condition on
+      # node_exporter's `enable` stays inside its options:
+      # services.prometheus.exporters is one submodule option, and a
+      # condition around a definition of it that reads it recurses.
+      services.prometheus.exporters.node = {
+        enabledCollectors = mkIf nodeExporter.enable [ "textfile" ];
+        extraFlags = mkIf nodeExporter.enable [
+          "--collector.textfile.directory=${cfg.metrics.directory}"
+        ];
+      };
+    })
+
     (
       let
         unitPath = [
@@ -634,6 +769,9 @@ in
           # service user only.
           UMask = "0077";
           PrivateTmp = true;
+          # The orchestrator reports where the run is with sd_notify STATUS=
+          # lines, shown by `systemctl status`.
+          NotifyAccess = "main";
         }
         // optionalAttrs (credentials != [ ]) {
           LoadCredential = map (credential: "${credential.name}:${credential.file}") credentials;
@@ -646,7 +784,12 @@ in
               # flake.lock is written by the update command. "-": a missing
               # checkout is reported by the orchestrator, not as an opaque
               # namespace setup failure.
-              ReadWritePaths = [ "-${cfg.flake}" ];
+              # The metrics directory is made by tmpfiles; if it is missing
+              # the run goes on and reports the failed write.
+              ReadWritePaths = [
+                "-${cfg.flake}"
+              ]
+              ++ optional cfg.metrics.enable "-${cfg.metrics.directory}";
               # A checkout under /home or /root stays reachable, read-only
               # apart from the flake itself.
               ProtectHome = if flakeInHome then "read-only" else true;

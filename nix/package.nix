@@ -43,9 +43,12 @@ python3Packages.buildPythonApplication {
     pydantic
     pyyaml
     click
-    rich
     filelock
     pytimeparse
+    apprise
+    prometheus-client
+    sdnotify
+    logging-journald
   ];
 
   nativeCheckInputs = with python3Packages; [

@@ -1,4 +1,4 @@
-"""The command line: ``orchestrator run|resume|status|abort|reboot|plan|history|demo``.
+"""The command line: ``orchestrator run|resume|status|abort|reboot|plan|history|demo|…``.
 
 Only argument handling and exit codes live here; the work is in ``engine``. Heavy imports
 (asyncssh, httpx, pydantic) happen inside the commands that need them, so ``status`` stays fast.
@@ -140,10 +140,14 @@ def status(ctx: Context, as_json: bool) -> int:
     store = ctx.open_store()
     with store or contextlib.nullcontext():
         run = store.latest_run() if store else None
+        # "since when" of a run in progress: when it entered its state (a finished run needs
+        # no steps read, its end is finished_at).
+        steps = store.steps(run.run_id) if store and run and not run.finished else []
+    since = report.current_since(run, steps) if run else None
     if as_json:
-        click.echo(report.dumps(report.status_json(run)))
+        click.echo(report.dumps(report.status_json(run, since)))
     else:
-        report.status_text(run)
+        report.status_text(run, since)
     return EXIT_OK
 
 
@@ -158,13 +162,14 @@ def status(ctx: Context, as_json: bool) -> int:
 )
 @click.pass_obj
 def history(ctx: Context, limit: int) -> int:
-    """Past runs, newest first, one line each."""
+    """Past runs, newest first, one line each (a long error cut to the terminal's width)."""
     from orchestrator import report
 
     store = ctx.open_store()
     with store or contextlib.nullcontext():
         runs = store.runs(limit) if store else []
-    for line in report.history_lines(runs) or ["no runs yet"]:
+    width = report.terminal_width(os.environ, sys.stdout)
+    for line in report.history_lines(runs, width) or ["no runs yet"]:
         click.echo(line)
     return EXIT_OK
 
@@ -225,6 +230,20 @@ def validate_config(ctx: Context) -> int:
     remember_valid(text, os.environ, config.settings.state_dir)
     click.echo(f"{config.path}: ok ({' -> '.join(config.machine_order)})")
     return EXIT_OK
+
+
+@cli.command("notify-test")
+@click.pass_obj
+def notify_test(ctx: Context) -> int:
+    """Send a test notification to every `notify` URL; one line per URL (URLs masked)."""
+    from orchestrator import notify
+
+    config = ctx.load(log_file=False)
+    deliveries = notify.notify_test(config.settings.notify)
+    for delivery in deliveries:
+        outcome = "sent" if delivery.ok else f"failed: {delivery.detail}"
+        click.echo(f"{delivery.url}: {outcome}")
+    return EXIT_OK if all(delivery.ok for delivery in deliveries) else EXIT_FAILED
 
 
 @cli.command()

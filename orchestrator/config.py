@@ -13,7 +13,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from health_checks.base import Check, Timeouts
 from health_checks.registry import CHECK_TYPES, AnyCheck
@@ -232,8 +240,9 @@ class HeartbeatSettings(ConfigModel):
         description="A healthchecks.io ping URL (`<url>/start` when a run starts or resumes, "
         "`<url>` when it ends done, `<url>/fail` when it ends aborted) or an Uptime Kuma push "
         "URL (`.../api/push/<token>`, sent `status=up` or `status=down`). Secret, like "
-        "notification URLs.",
+        "notification URLs; set `url` or `url_file`, not both.",
         examples=["https://hc-ping.com/0d2b4f4e-5a4c-4a8e-9a56-2a6c2f3b9b10"],
+        json_schema_extra={"example_commented_out": True},
     )
     url_file: FilePath | None = Field(
         default=None,
@@ -241,11 +250,18 @@ class HeartbeatSettings(ConfigModel):
         "module passes `heartbeat.urlFile` with systemd's LoadCredential.",
         examples=["/run/credentials/lab-orchestrator.service/heartbeat-url"],
     )
+
     timeout: PositiveDuration = Field(
         default=defaults.HEARTBEAT_TIMEOUT,
         description="Bound on one ping. A failing ping is a warning and changes nothing else.",
         examples=["10s"],
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HeartbeatSettings:
+        if self.url is not None and self.url_file is not None:
+            raise ValueError("set url or url_file, not both")
+        return self
 
 
 class MetricsSettings(ConfigModel):
@@ -255,6 +271,15 @@ class MetricsSettings(ConfigModel):
         "atomically at run start, at each state change and at the end.",
         examples=["/var/lib/prometheus-node-exporter/lab_orchestrator.prom"],
     )
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom_suffix(cls, textfile: Path | None) -> Path | None:
+        # node_exporter's textfile collector reads only *.prom: another name is silently
+        # never scraped, and the "no successful run" alert could not tell why.
+        if textfile is not None and textfile.suffix != ".prom":
+            raise ValueError("must end in .prom (node_exporter reads only *.prom files)")
+        return textfile
 
 
 class Machine(ConfigModel):

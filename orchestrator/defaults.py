@@ -30,6 +30,8 @@ POLL_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
 STABLE_PASSES = 2
 SETTLE = 0.0
+# Preflight asks each machine up to this many rounds before calling it unhealthy.
+PREFLIGHT_ATTEMPTS = 3
 
 STATE_COMMAND = ("systemctl", "is-system-running")
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")

@@ -30,10 +30,11 @@ from health_checks.gate import (
     GateRound,
     GateTarget,
     Probe,
-    probe_once,
+    probe_settled,
     wait_until_healthy,
 )
 from orchestrator import (
+    defaults,
     heartbeat,
     keys,
     lock,
@@ -140,7 +141,10 @@ def configured_hooks(config: LoadedConfig, store: Store) -> list[Hook]:
     status line first (local and quick), then the owner's commands, the notification and the
     heartbeat (which may wait on the network)."""
     settings = config.settings
-    hooks: list[Hook] = [*metrics.hooks(settings.metrics, store), *sdstatus.hooks()]
+    hooks: list[Hook] = [
+        *metrics.hooks(settings.metrics, store),
+        *sdstatus.hooks(settings.update.command, settings.deploy.command),
+    ]
     commands = settings.hooks
     hooks += command_hooks(commands.on_start, commands.on_done, commands.on_abort, commands.timeout)
     hooks += notify.hooks(settings.notify)
@@ -154,14 +158,20 @@ async def plan_probe(config: LoadedConfig) -> dict[str, GateRound]:
     hosts = [make_host(config, name) for name in config.machine_order]
     policy = gate_policy(config)
     try:
-        rounds = await asyncio.gather(
-            *(probe_once(gate_target(config, h), http, policy, ProbeFailed) for h in hosts)
-        )
+        rounds = await asyncio.gather(*(preflight_round(config, h, http, policy) for h in hosts))
     finally:
         await http.aclose()
         for host in hosts:
             await host.close()
     return flag_shared_boot_ids(dict(zip(config.machine_order, rounds, strict=True)))
+
+
+async def preflight_round(
+    config: LoadedConfig, host: Host, http: HttpClients, policy: GatePolicy
+) -> GateRound:
+    """Preflight's (and ``plan``'s) verdict on one machine: healthy in one of a few rounds."""
+    target = gate_target(config, host)
+    return await probe_settled(target, http, policy, ProbeFailed, defaults.PREFLIGHT_ATTEMPTS)
 
 
 def flag_shared_boot_ids(rounds: dict[str, GateRound]) -> dict[str, GateRound]:
@@ -309,7 +319,7 @@ class Engine:
         names = self.record.machine_names
         log.info("preflight: probing %s", ", ".join(names))
         results = await asyncio.gather(
-            *(probe_once(self.target(n), self._http, self.policy, ProbeFailed) for n in names)
+            *(preflight_round(self.config, self.host(n), self._http, self.policy) for n in names)
         )
         rounds = flag_shared_boot_ids(dict(zip(names, results, strict=True)))
         failures = [f"{name}: {r.first_failure}" for name, r in rounds.items() if not r.passed]
@@ -535,6 +545,7 @@ async def _drive(
         await report_end(store, owed, events)
     run = store.active_run()
     if run is not None:
+        logs.set_run_context(run.run_id, run.state)
         if start is RunKind.REBOOT:
             raise OrchestratorError(
                 f"run {run.run_id} is in progress ({run.state}); let it finish "
@@ -552,6 +563,7 @@ async def _drive(
     names = [only] if only else list(config.machine_order)
     machines = [(name, config.machine(name).local) for name in names]
     run = store.create_run(start, machines, config.path)
+    logs.set_run_context(run.run_id, run.state)
     log.info("run %d: %s run of %s", run.run_id, start.value, " -> ".join(names))
     return await Engine(config, store, run, events).drive(resumed=False)
 

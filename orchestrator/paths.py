@@ -118,7 +118,8 @@ def _keys_are_names(node: MappingNode) -> None:
     from yaml.nodes import ScalarNode
 
     for key, _ in node.value:
-        if isinstance(key, ScalarNode) and key.tag == BOOL_TAG and key.style is None:
+        # A plain scalar's style is None in the Python parser and "" in the C one.
+        if isinstance(key, ScalarNode) and key.tag == BOOL_TAG and not key.style:
             key.tag = STR_TAG
 
 

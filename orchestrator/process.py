@@ -3,7 +3,7 @@
 Every child is owned: it runs in its own process group, and however the owner leaves (normal
 exit, exception, timeout, cancellation) the whole group gets SIGTERM, a grace period, then
 SIGKILL, so no ``lab deploy-all`` or hook outlives the step that started it. Commands are argv
-lists, never shell strings, and are logged copy-pasteably with ``shlex.join``.
+lists, never shell strings, and are logged copy-pasteably (``display``).
 
 Output is kept within a cap (its head and tail; the middle is counted and dropped, never
 buffered), so a chatty or hostile program cannot grow the orchestrator's memory.
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
+import re
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,10 +33,75 @@ DISPLAY_MAX = 4 * LOG_LINE_MAX  # the same line escaped (an escape takes up to 6
 _READ_CHUNK = 64 * 1024
 
 
+# Words a POSIX shell reads as themselves (``shlex``'s safe set); anything else is quoted.
+_PLAIN_WORD = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
+# A reserved word or an assignment in the command position would be read as syntax, not as
+# the command's name (``a=b x`` runs ``x``), so there even a plain word is quoted.
+_SYNTAX_FIRST = re.compile(
+    r".*=.*|!|\{|\}|case|do|done|elif|else|esac|fi|for|if|in|then|until|while", re.ASCII
+)
+_SPECIAL_IN_DOUBLE_QUOTES = '$`"\\'
+
+
+def _ansi_c(word: str) -> str:
+    """``word`` as ``$'…'``: each character ``from_host`` would escape is written as that same
+    escape (``\\n``, ``\\x1b``, ``\\u202e``), which is also its ANSI-C quoting."""
+    out = []
+    for char in word:
+        code = ord(char)
+        if char in "\\'":
+            out.append("\\" + char)
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape): itself
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0x80 <= code <= 0x9F:  # C1: \\xHH would be a lone byte, not this character
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(from_host(char))
+    return "$'" + "".join(out) + "'"
+
+
+def _double_quoted(word: str) -> str:
+    # Inside "…" a backslash is literal unless a special character follows it, so only those
+    # backslashes are doubled: ``'a\\nb'`` stays readable as ``"a\\nb"``.
+    out = []
+    for index, char in enumerate(word):
+        if char in _SPECIAL_IN_DOUBLE_QUOTES[:3]:
+            out.append("\\" + char)
+        elif char == "\\":
+            after = word[index + 1 : index + 2]
+            out.append("\\\\" if after in ("", *_SPECIAL_IN_DOUBLE_QUOTES) else "\\")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _quote(word: str, first: bool) -> str:
+    """One argv word for a POSIX shell, pasted into an interactive one: the shortest of
+    plain, ``'…'``, ``"…"`` (a word with a ``'``) and ``$'…'`` (control characters, which
+    also keeps the line one line)."""
+    if _PLAIN_WORD.fullmatch(word) and not (first and _SYNTAX_FIRST.fullmatch(word)):
+        return word
+    # An escape is at most 10 characters (\\U0001abcd), so this limit never cuts: the text
+    # differs exactly when some character needs escaping.
+    if from_host(word, limit=10 * len(word) + 16) != word:
+        # $'…' is POSIX.1-2024 and in bash, zsh, ksh and busybox sh (not yet in dash 0.5.12).
+        return _ansi_c(word)
+    if "'" not in word:
+        return f"'{word}'"
+    if "!" not in word:
+        return _double_quoted(word)
+    # "…!…" starts history expansion in interactive bash: stay in single quotes and put each
+    # ' in between as \' (`'it'\''s!'`), still without the '"'"' of shlex.join.
+    return "\\'".join(f"'{piece}'" if piece else "" for piece in word.split("'"))
+
+
 def display(argv: Sequence[str]) -> str:
-    """``argv`` as one copy-pasteable shell line; control characters (a newline inside a
-    ``python -c`` script) shown escaped, so one event stays one log line."""
-    return from_host(shlex.join(argv), limit=DISPLAY_MAX)
+    """``argv`` as one copy-pasteable shell line: pasted into a POSIX shell it runs this very
+    argv. Quoting is the lightest that is exact (``"it's"``, not ``'it'"'"'s'``); a control
+    character (a newline inside a ``python -c`` script) is written ``$'…\\n…'``, so one event
+    stays one log line and the line still pastes."""
+    words = [_quote(word, index == 0) for index, word in enumerate(argv)]
+    return from_host(" ".join(words), limit=DISPLAY_MAX)
 
 
 class ProcessFailed(OrchestratorError):

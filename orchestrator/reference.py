@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 
 from health_checks.registry import CHECK_TYPES
 from health_checks.schema import Duration
-from orchestrator import defaults
+from orchestrator import defaults, report
 from orchestrator.config import Config
 from orchestrator.errors import ConfigError
 
@@ -176,21 +176,6 @@ def sections() -> list[Section]:
 # --- rendering values -----------------------------------------------------------------------
 
 
-def human_duration(seconds: float) -> str:
-    """900.0 -> ``15m``, 5400.0 -> ``1h30m``, 0.0 -> ``0s``, 1.5 -> ``1.5s``."""
-    if seconds != int(seconds):
-        return f"{seconds:g}s"
-    rest = int(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if rest >= size:
-            parts.append(f"{rest // size}{unit}")
-            rest %= size
-    if rest or not parts:
-        parts.append(f"{rest}s")
-    return "".join(parts)
-
-
 def _scalar(text: str) -> str:
     """A string as a YAML scalar: plain when it reads back the same in any context."""
     plain = bool(text) and text == text.strip() and "\n" not in text and " #" not in text
@@ -210,7 +195,7 @@ def inline(value: Any, duration: bool = False) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         if duration:
-            return human_duration(float(value))
+            return report.exact_duration(float(value))
         return f"{value:g}" if isinstance(value, float) else str(value)
     if isinstance(value, PurePath):
         return _scalar(str(value))
@@ -366,6 +351,11 @@ def _field_comment(section: Section, name: str, field: FieldInfo) -> str:
     return text
 
 
+def _commented_out(field: FieldInfo) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("example_commented_out") is True
+
+
 def _model_for(models: list[type[BaseModel]], value: Any) -> type[BaseModel] | None:
     """The model an example entry is an instance of (for a union: the one that accepts it)."""
     for model in models:
@@ -395,7 +385,13 @@ class _ExampleWriter:
                 if indent == 0:
                     self.lines.append("")
                 self.lines += _comment(_field_comment(section, name, field), indent)
+            start = len(self.lines)
             self.value(section, name, field, value, indent, full)
+            if _commented_out(field) and name not in data:
+                # An alternative to the key beside it (`url` or `url_file`): shown, not set.
+                pad = " " * indent
+                for index in range(start, len(self.lines)):
+                    self.lines[index] = pad + "# " + self.lines[index][indent:]
 
     def value(
         self, section: Section, name: str, field: FieldInfo, value: Any, indent: int, full: bool

@@ -7,14 +7,19 @@ Imports nothing heavy on purpose: ``orchestrator status`` reads the store and pr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TextIO
 
 from health_checks.text import from_host
-from orchestrator.states import Phase, machine_state
+from orchestrator.states import Phase, StateName, machine_state
 from orchestrator.store import MachineRecord, RunRecord, iso, now
 
 STATUS_NOTE_MAX = 2048  # one machine's notes or one error, as shown by status and history
@@ -47,10 +52,6 @@ def seconds_between(start: datetime | None, end: datetime | None) -> float | Non
     if start is None or end is None:
         return None
     return round((end - start).total_seconds(), 3)
-
-
-def _took(seconds: float | None) -> str:
-    return "?" if seconds is None else f"{seconds:.1f}s"
 
 
 @dataclass(frozen=True)
@@ -122,16 +123,17 @@ def summarize(run: RunRecord) -> RunSummary:
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
-    """The ``summary:`` lines the engine logs when a run stops."""
-    lines = [
-        f"run {summary.run_id} ({summary.kind}) {summary.state} after {_took(summary.duration_s)}"
-    ]
+    """The ``summary:`` lines the engine logs when a run stops: short boot ids and human
+    durations, so a line fits a terminal (the hooks' JSON has the full ids)."""
+    took = human_duration(summary.duration_s)
+    lines = [f"run {summary.run_id} ({summary.kind}) {summary.state} after {took}"]
     for machine in summary.machines:
         detail = ""
         if machine.outcome == Outcome.HEALTHY:
             detail = (
-                f": {_took(machine.reboot_to_healthy_s)} after the reboot request "
-                f"(boot id {machine.boot_id_before} -> {machine.boot_id_after})"
+                f": {human_duration(machine.reboot_to_healthy_s)} after the reboot request "
+                f"(boot id {short_id(machine.boot_id_before)} -> "
+                f"{short_id(machine.boot_id_after)})"
             )
         elif machine.outcome == Outcome.FAILED:
             detail = f": {machine.error}"
@@ -143,7 +145,21 @@ def summary_lines(summary: RunSummary) -> list[str]:
     return lines
 
 
-def status_json(run: RunRecord | None) -> dict[str, Any]:
+def current_since(run: RunRecord, steps: list[tuple[str, datetime]]) -> datetime | None:
+    """When ``run`` entered the state it is in: the first of the latest steps in that state (a
+    resume may record the same state again; the wait began at the first). A finished run
+    needs no steps: it is in its final state since it finished."""
+    if run.finished:
+        return run.finished_at
+    since = None
+    for state, entered_at in reversed(steps):
+        if state != run.state:
+            break
+        since = entered_at
+    return since
+
+
+def status_json(run: RunRecord | None, since: datetime | None = None) -> dict[str, Any]:
     if run is None:
         return {"run_id": None, "state": None, "machines": []}
     summary = summarize(run)
@@ -151,6 +167,7 @@ def status_json(run: RunRecord | None) -> dict[str, Any]:
         "run_id": run.run_id,
         "kind": run.kind.value,
         "state": run.state,
+        "state_since": iso(since),
         "started_at": summary.started_at,
         "finished_at": summary.finished_at,
         "duration_s": summary.duration_s,
@@ -175,53 +192,326 @@ def status_json(run: RunRecord | None) -> dict[str, Any]:
     }
 
 
-def status_text(run: RunRecord | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
+# --- the text of `status` and `history`: plain lines that fit the terminal ---------------------
+#
+# No rich here: the layout is a few fixed columns, and importing rich's console and table cost
+# about a quarter of status's 150 ms budget. Colour is a handful of SGR codes (``paint``).
 
-    # Plain text in, plain text out: no markup parsing, emoji codes or repr highlighting of
-    # values that come from hosts (a probe detail with "[" must print as it is), and faster.
-    console = Console(markup=False, emoji=False, highlight=False)
+NOTE_LINES = 4  # of one machine's probes or error under its row; --json has the whole text
+ERROR_LINES = 8  # of the run's error: the sentence that matters, not a whole HTML error page
+MIN_NOTE_ROOM = 16  # narrower than this beside the row, a note goes under it
+_STATE_COLOURS = {
+    Outcome.HEALTHY: "32",
+    Outcome.FAILED: "31",
+    Outcome.UNVERIFIED: "33",
+    Outcome.REBOOTING: "33",
+    Outcome.VERIFYING: "33",
+    Outcome.SETTLING: "33",
+    Outcome.PENDING: "2",
+    Outcome.UNTOUCHED: "2",
+}
+
+
+def terminal_width(environ: Mapping[str, str], stream: TextIO) -> int:
+    """``$COLUMNS``, else the terminal's width, else 80 (a pipe, a cron mail)."""
+    with contextlib.suppress(ValueError):
+        if int(environ.get("COLUMNS", "")) > 0:
+            return int(environ["COLUMNS"])
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    return columns if columns > 0 else 80
+
+
+def use_colour(environ: Mapping[str, str], stream: TextIO) -> bool:
+    """Colour only on a terminal, and never with ``NO_COLOR`` set (no-color.org: to anything
+    but the empty string) or on a ``dumb`` one."""
+    if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty is not None and isatty())
+
+
+def paint(text: str, sgr: str, colour: bool) -> str:
+    return f"\x1b[{sgr}m{text}\x1b[0m" if colour and text else text
+
+
+def short_id(boot_id: str | None) -> str:
+    """A boot id's first 8 hex digits: enough to tell boots apart; ``--json`` has it whole."""
+    return from_host(boot_id[:8], limit=64) if boot_id else ""
+
+
+def human_duration(seconds: float | None) -> str:
+    """``4.2s``, ``45s``, ``1m12s``, ``2h03m``, ``3d04h``."""
+    if seconds is None:
+        return "?"
+    seconds = max(0.0, seconds)  # a clock stepped back must not print "-1s"
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def exact_duration(seconds: float) -> str:
+    """A configured duration as written in the config: 900.0 -> ``15m``, 5400.0 -> ``1h30m``,
+    0.0 -> ``0s``, 1.5 -> ``1.5s``. (``human_duration`` rounds a measured one.)"""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    rest = int(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    if rest or not parts:
+        parts.append(f"{rest}s")
+    return "".join(parts)
+
+
+def local_time(moment: datetime | None, at: datetime) -> str:
+    """``02:14:03`` today, ``2026-11-28 02:14`` on another day, in local time."""
+    if moment is None:
+        return "-"
+    local = moment.astimezone()
+    if local.date() == at.astimezone().date():
+        return local.strftime("%H:%M:%S")
+    return local.strftime("%Y-%m-%d %H:%M")
+
+
+def _cell_width(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def cells(text: str) -> int:
+    """Terminal columns of ``text`` (no control characters: it went through ``from_host``)."""
+    return len(text) if text.isascii() else sum(_cell_width(c) for c in text)
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` columns, a cut one ending in ``…``."""
+    if cells(text) <= width:
+        return text
+    used, kept = 1, []
+    for char in text:
+        used += _cell_width(char)
+        if used > width:
+            break
+        kept.append(char)
+    return "".join(kept) + "…"
+
+
+def _take(text: str, width: int) -> tuple[str, str]:
+    """The longest head of ``text`` within ``width`` columns (one character at least), and
+    the rest: how a word wider than a line (a URL, an escaped blob) is broken."""
+    used = 0
+    for index, char in enumerate(text):
+        used += _cell_width(char)
+        if used > width and index > 0:
+            return text[:index], text[index:]
+    return text, ""
+
+
+def wrap(text: str, width: int, indent: str = "  ", first: str = "") -> list[str]:
+    """``first + text`` in lines of at most ``width`` columns, broken at spaces (or inside a
+    word too long for a line), the later lines starting with ``indent``."""
+    lines: list[str] = []
+    line, start = first, cells(first)  # start: the columns of this line's prefix
+    used = start
+    for word in text.split(" "):
+        gap = 1 if used > start else 0
+        if used + gap + cells(word) <= width:
+            line += " " * gap + word
+            used += gap + cells(word)
+            continue
+        if used > start:  # the word begins the next line
+            lines.append(line)
+            line, start = indent, cells(indent)
+            used = start
+        rest = word
+        while cells(rest) > width - used:
+            piece, rest = _take(rest, width - used)
+            lines.append(line + piece)
+            line, start = indent, cells(indent)
+            used = start
+        line += rest
+        used += cells(rest)
+    lines.append(line)
+    return [line.rstrip() for line in lines]
+
+
+def _notes(machine: dict[str, Any], run_error: str | None) -> str:
+    probes = machine["last_probes"]
+    failing = [f"{p['probe']}: {p['detail']}" for p in probes if not p["ok"]]
+    if machine["error"] is not None and machine["error"] == run_error:
+        return "the error above"  # the engine records a machine's abort for both
+    notes = machine["error"] or "; ".join(failing) or (f"{len(probes)} ok" if probes else "")
+    # Escaped again on display: a run stored by an older version may hold raw host text.
+    return from_host(notes, limit=STATUS_NOTE_MAX)
+
+
+def _now(run: RunRecord, since: datetime | None, at: datetime) -> str:
+    """What a run in progress does now and since when, with what it waits for."""
+    state = StateName.parse(run.state)
+    line = f"now: {state.phase.value}" + (f" {state.machine}" if state.machine else "")
+    if since is not None:
+        line += f" since {local_time(since, at)} ({human_duration((at - since).total_seconds())})"
+    detail = {
+        Phase.PREFLIGHT: "probing every machine",
+        Phase.UPDATING: "running the update command",
+        Phase.DEPLOYING: "running the deploy command",
+    }.get(state.phase, "")
+    if state.machine is not None:
+        machine = run.machine(state.machine)
+        if state.phase is Phase.REBOOTING:
+            sent = machine.reboot_requested_at
+            detail = f"reboot sent at {local_time(sent, at)}" if sent else "sending the reboot"
+        elif state.phase is Phase.VERIFYING:
+            failing = _failing_probe(machine)
+            probes = machine.last_probes
+            detail = (
+                f"waiting: {failing}"
+                if failing
+                else (f"last round passed ({len(probes)} ok)" if probes else "probing")
+            )
+        elif state.phase is Phase.SETTLING:
+            detail = f"healthy at {local_time(machine.healthy_at, at)}, settling"
+    return line + (f": {from_host(detail, limit=STATUS_NOTE_MAX)}" if detail else "")
+
+
+def status_lines(
+    run: RunRecord | None,
+    since: datetime | None = None,
+    *,
+    width: int = 80,
+    colour: bool = False,
+    at: datetime | None = None,
+) -> list[str]:
+    """``status`` as lines of at most ``width`` columns (from about 60 up; narrower, only the
+    machine names and notes give way). ``since``: when the run entered its current state."""
     if run is None:
-        console.print("no runs yet")
-        return
-    data = status_json(run)
-    title = f"run {run.run_id} ({run.kind.value}): {run.state}"
-    table = Table(title=title, title_justify="left")
-    for column in ("machine", "state", "boot id before → after", "reboot took", "probes / error"):
-        table.add_column(column)
-    for machine in data["machines"]:
-        probes = machine["last_probes"]
-        failing = [f"{p['probe']}: {p['detail']}" for p in probes if not p["ok"]]
-        notes = machine["error"] or "; ".join(failing) or (f"{len(probes)} ok" if probes else "")
-        # Escaped again on display: a run stored by an older version may hold raw host text.
-        notes = from_host(notes, limit=STATUS_NOTE_MAX)
-        took = machine["reboot_to_healthy_s"]
-        boot_ids = (machine["boot_id_before"] or "")[:8]
-        if machine["boot_id_after"]:
-            boot_ids += f" → {machine['boot_id_after'][:8]}"
-        table.add_row(
-            machine["name"] + (" (local)" if machine["local"] else ""),
-            machine["state"],
-            boot_ids,
-            f"{took:.1f}s" if took is not None else "",
-            notes,
-        )
-    console.print(table)
-    console.print(f"started {data['started_at']}, finished {data['finished_at'] or '-'}")
+        return ["no runs yet"]
+    at = at or now()
+    data = status_json(run, since)
+    state_colour = {Phase.DONE.value: "1;32", Phase.ABORTED.value: "1;31"}.get(run.state, "1;33")
+    head = f"run {run.run_id} ({run.kind.value}): "
+    if run.finished:
+        took = human_duration(data["duration_s"])
+        when = f"{local_time(run.started_at, at)} → {local_time(run.finished_at, at)} ({took})"
+    else:
+        ago = human_duration((at - run.started_at).total_seconds())
+        when = f"started {local_time(run.started_at, at)} ({ago} ago)"
+    lines = wrap(f"{run.state}, {when}", width, first=head)
+    lines[0] = lines[0].replace(run.state, paint(run.state, state_colour, colour), 1)
+    if not run.finished:
+        if run.abort_requested_at is not None:
+            requested = local_time(run.abort_requested_at, at)
+            lines += wrap(f"abort requested at {requested}: it stops at the next safe point", width)
+        now_lines = wrap(_now(run, since, at), width)
+        now_lines[0] = paint("now:", "1;36", colour) + now_lines[0].removeprefix("now:")
+        lines += now_lines
+    cut = False
     if run.error:
-        console.print(f"error: {from_host(run.error, limit=STATUS_NOTE_MAX)}")
+        error_lines = wrap(from_host(run.error, limit=STATUS_NOTE_MAX), width, first="error: ")
+        error_lines[0] = paint("error:", "1;31", colour) + error_lines[0].removeprefix("error:")
+        if len(error_lines) > ERROR_LINES:
+            last = _fit(error_lines[ERROR_LINES - 1] + " …", width)
+            error_lines, cut = [*error_lines[: ERROR_LINES - 1], last], True
+        lines += error_lines
+    lines.append("")
+    table, cut_notes = _table(data, width, colour)
+    lines += table
+    if cut or cut_notes:
+        lines += wrap(
+            "(long texts are cut here; `orchestrator status --json` has them whole)", width
+        )
+    return lines
 
 
-def history_lines(runs: list[RunRecord]) -> list[str]:
+def _table(data: dict[str, Any], width: int, colour: bool) -> tuple[list[str], bool]:
+    """The machine table, and whether a note was cut."""
+    rows = []
+    for machine in data["machines"]:
+        ids = short_id(machine["boot_id_before"])
+        if machine["boot_id_after"]:
+            ids += f" → {short_id(machine['boot_id_after'])}"
+        took = machine["reboot_to_healthy_s"]
+        rows.append(
+            (
+                machine["name"] + (" (local)" if machine["local"] else ""),
+                machine["state"],
+                ids,
+                human_duration(took) if took is not None else "",
+                _notes(machine, data["error"]),
+            )
+        )
+    header = ("machine", "state", "boot id", "reboot", "probes / error")
+    widths = [max(cells(row[column]) for row in [header, *rows]) for column in range(4)]
+    # The machine column gives way first (names are cut with …), so a row always fits.
+    fixed = sum(widths[1:]) + 2 * 4
+    widths[0] = min(widths[0], max(8, width - fixed - MIN_NOTE_ROOM))
+    room = width - sum(widths) - 2 * 4
+    lines: list[str] = []
+    cut = False
+    for index, row in enumerate([header, *rows]):
+        cols = [_fit(text, widths[column]) for column, text in enumerate(row[:4])]
+        padded = [text + " " * (widths[column] - cells(text)) for column, text in enumerate(cols)]
+        if index == 0:
+            padded = [paint(text, "1", colour) for text in padded]
+        elif colour:
+            padded[1] = paint(padded[1], _STATE_COLOURS.get(Outcome(row[1]), "0"), True)
+        note = row[4]
+        line = "  ".join(padded)
+        if index == 0 and cells(note) > room:
+            note = ""  # a terminal too narrow for notes beside the rows: they go under them
+        if index > 0 and note and cells(note) > room:
+            lines.append(line.rstrip())
+            under = wrap(note, width, indent="    ", first="    ")
+            if len(under) > NOTE_LINES:
+                under = [*under[: NOTE_LINES - 1], _fit(under[NOTE_LINES - 1] + " …", width)]
+                cut = True
+            lines += under
+            continue
+        lines.append((line + "  " + (paint(note, "1", colour) if index == 0 else note)).rstrip())
+    return lines, cut
+
+
+def status_text(
+    run: RunRecord | None,
+    since: datetime | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Print ``status_lines`` sized and coloured for ``stream`` (stdout)."""
+    environ = os.environ if environ is None else environ
+    stream = sys.stdout if stream is None else stream
+    width, colour = terminal_width(environ, stream), use_colour(environ, stream)
+    stream.write("\n".join(status_lines(run, since, width=width, colour=colour)) + "\n")
+    stream.flush()
+
+
+def history_lines(runs: list[RunRecord], width: int = 80) -> list[str]:
+    """One line per run, at most ``width`` columns: the state (with the error of an aborted
+    run) comes last, so a long one is what gets cut (``…``)."""
     lines = []
     for run in runs:
         took = seconds_between(run.started_at, run.finished_at)
-        lines.append(
-            f"{run.run_id:>5}  {iso(run.started_at)}  {run.kind.value:<7}  {run.state:<28}  "
-            + (f"{took:>8.1f}s" if took is not None else "         -")
-            + (f"  {from_host(run.error, limit=STATUS_NOTE_MAX)}" if run.error else "")
+        started = run.started_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        shown = human_duration(took) if took is not None else "-"
+        line = f"{run.run_id:>5}  {started}  {run.kind.value:<7}  {shown:>6}  "
+        outcome = run.state + (
+            f": {from_host(run.error, limit=STATUS_NOTE_MAX)}" if run.error else ""
         )
+        lines.append(line + _fit(outcome, max(8, width - cells(line))))
     return lines
 
 

@@ -648,6 +648,57 @@ class Store:
             for row in rows
         ]
 
+    # -- history for the metrics file (metrics.py): aggregated by SQLite, so each write of the
+    # file is a few indexed or single-pass queries however many runs the store holds ----------
+
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """How many runs ended in each final state, by kind: ``{(kind, state): count}``."""
+        placeholders = ", ".join("?" for _ in FINAL_STATES)
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT kind, state, COUNT(*) FROM runs WHERE state IN ({placeholders})"
+                " GROUP BY kind, state",
+                tuple(FINAL_STATES),
+            ).fetchall()
+        return {(_text(kind), _text(state)): _integer(count) for kind, state, count in rows}
+
+    def last_finished_at(self, kind: RunKind, state: str) -> datetime | None:
+        """When the latest run of ``kind`` that ended in ``state`` finished; None if none did."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT run_id, finished_at FROM runs WHERE kind=? AND state=?"
+                " ORDER BY run_id DESC LIMIT 1",
+                (kind.value, state),
+            ).fetchone()
+        if row is None:
+            return None
+        return _RowReader(self.path, row["run_id"])(row, "runs", "finished_at", _timestamp)
+
+    def last_healthy_reboots(self) -> dict[str, tuple[datetime | None, datetime]]:
+        """Each machine's latest reboot that ended healthy, whatever run it was in:
+        ``{name: (reboot_requested_at, healthy_at)}``."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT m.run_id, m.name, m.reboot_requested_at, m.healthy_at FROM machines m"
+                " JOIN (SELECT name, MAX(run_id) AS run_id FROM machines"
+                " WHERE healthy_at IS NOT NULL GROUP BY name) latest"
+                " ON m.run_id = latest.run_id AND m.name = latest.name"
+            ).fetchall()
+        reboots = {}
+        for row in rows:
+            field = _RowReader(self.path, row["run_id"])
+            reboots[field(row, "machines", "name", _text)] = (
+                field(row, "machines", "reboot_requested_at", _timestamp),
+                field(row, "machines", "healthy_at", _required_timestamp),
+            )
+        return reboots
+
+    def latest_run_of_machines(self) -> dict[str, int]:
+        """The latest run each machine ever was in: ``{name: run_id}``."""
+        with self._read() as db:
+            rows = db.execute("SELECT name, MAX(run_id) FROM machines GROUP BY name").fetchall()
+        return {_text(name): _integer(run_id) for name, run_id in rows}
+
 
 _READABLE_VERSIONS = (1, 2, SCHEMA_VERSION)  # readers never migrate; a run does on its next start
 _STEP_COLUMNS = (

@@ -18,7 +18,7 @@ from tests.conftest import ORCHESTRATOR, REPO, latest_run
 from tests.netlab import Lab
 
 # Short polls keep the suite fast; everything else is the lab's production-shaped config.
-FAST_REBOOT = {"poll_interval": 0.2, "probe_timeout": 1}
+FAST_REBOOT = {"poll_interval": 0.2, "probe_timeout": 2}
 
 
 def write_config(lab: Lab, directory: Path, name: str = "orchestrator", **overrides: Any) -> Path:

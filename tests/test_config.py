@@ -266,9 +266,12 @@ def test_posix_user_names_stay_accepted(user: str) -> None:
     parse_config(Path("lab.yaml"), yaml.safe_dump(_with("ssh.user", user)))
 
 
-def test_yes_and_true_are_the_same_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"true: duplicate key \(lines 1 and 2\)"):
+def test_yes_and_true_keys_are_names_not_booleans(tmp_path: Path) -> None:
+    # YAML 1.1 would read both as the boolean True; every key of this schema is a name.
+    with pytest.raises(ConfigError, match=r"^x.yaml: yes: unknown key$"):
         parse_config(Path("x.yaml"), "yes: 1\ntrue: 2\n" + SEED_WITH)
+    with pytest.raises(ConfigError, match=r"notify.on: duplicate key \(lines 2 and 3\)"):
+        parse_config(Path("x.yaml"), "notify:\n  on: [done]\n  on: [aborted]\n" + SEED_WITH)
 
 
 def test_merge_keys_may_override_what_they_merge() -> None:

@@ -30,5 +30,15 @@ def test_demo_finishes_a_nightly_run_including_the_controllers_own_reboot():
     order = re.findall(r"^\S+ (\S+): reboot requested$", log, flags=re.M)
     assert order == ["sleeper-service", "grey-area", "reverse-proxy"]
     assert "summary: run 1 (nightly) done" in log
-    assert len(re.findall(r"│ healthy\s+│", result.stdout)) == 4
+    assert len(re.findall(r"^\S+(?: \(local\))?\s+healthy\s", result.stdout, re.M)) == 4
     assert "run 1 (nightly): done" in result.stdout
+    # The owner's side, through the production hooks: one notification at the end, the
+    # heartbeat's start (twice: run, then resume) and success, and the metrics file.
+    [notification] = re.findall(r"notification arrived: (.*)", log)
+    assert notification.startswith("lab-orchestrator: done, 4 machines in ")
+    pings = re.findall(r"heartbeat ping arrived: (\w+)", log)
+    assert pings == ["start", "start", "success"]
+    assert "    lab_orchestrator_last_run_success 1.0" in log
+    assert re.search(
+        r'^    lab_orchestrator_runs_total\{kind="nightly",outcome="done"\} 1\.0$', log, re.M
+    )

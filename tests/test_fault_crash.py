@@ -105,12 +105,16 @@ def test_sigkill_at_random_moments_then_resume_reboots_each_host_exactly_once(ne
             with log.open("a") as f:
                 f.write(f"--- run again (exit {again.returncode})\n{again.stderr}")
         anchor = "the deploy step + " if near_reboot else ""
-        # What the hosts themselves reported going wrong (e.g. an sshd that did not start),
-        # so a failure under load says whether the lab or the orchestrator was at fault.
-        lab_errors = lab.events(event="error", since=since)
+        # What the hosts themselves did and reported going wrong (e.g. an sshd that did not
+        # start), so a failure under load says whether the lab or the orchestrator was at fault.
+        story = "\n".join(
+            f"  {e['t'] - since:7.3f} {e['host']} {e['event']}"
+            + (f" {e['error']}" if "error" in e else "")
+            for e in lab.events(since=since)
+        )
         context = (
             f"seed {seed}: killed {anchor}{delay:.3f}s in, at {where}\n{log.read_text()}"
-            f"lab errors: {lab_errors}"
+            f"lab events (s after the trial began):\n{story}"
         )
 
         assert resumed.returncode == 0, context

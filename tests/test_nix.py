@@ -874,3 +874,259 @@ def test_package_option_is_a_package_option_and_prose_defaults_are_markdown() ->
         if isinstance(default, dict) and default.get("_type") == "literalExpression":
             # An expression, not prose: no sentence in it.
             assert not re.search(r"\b(the|if|else|otherwise)\b", default["text"]), option
+
+
+# --- notifications, heartbeat, metrics and sd_notify status (issue 9) -----------------------
+
+# option, its LoadCredential= name, and the config key it sets.
+SECRET_FILES = [
+    ("notify", "urlsFile", "/etc/lab-orchestrator/notify-urls", "notify-urls", "urls_file"),
+    ("heartbeat", "urlFile", "/etc/lab-orchestrator/heartbeat-url", "heartbeat-url", "url_file"),
+]
+UNIT_NAMES = (("run", "lab-orchestrator"), ("resume", "lab-orchestrator-resume"))
+
+
+@pytest.mark.parametrize(
+    ("section", "option", "path", "credential", "key"),
+    SECRET_FILES,
+    ids=[f"{s}.{o}" for s, o, *_ in SECRET_FILES],
+)
+def test_a_url_file_is_a_credential_of_each_unit_and_never_in_the_store(
+    tmp_path: Path, section: str, option: str, path: str, credential: str, key: str
+) -> None:
+    result = controller(**{**DEDICATED, section: {option: path}})
+    assert result["failedAssertions"] == []
+    files = result["configFiles"]
+    for unit, name in UNIT_NAMES:
+        assert result["services"][unit]["serviceConfig"]["LoadCredential"] == [
+            "ssh-key:/etc/ssh/ssh_host_ed25519_key",
+            f"{credential}:{path}",
+        ]
+        config = json.loads(files[unit]["text"])
+        assert config[section] == {key: f"/run/credentials/{name}.service/{credential}"}
+        # The unit reads the credential, not the file itself, so the store holds no trace of it.
+        assert path not in files[unit]["text"]
+        checked = validate(tmp_path, files[unit]["text"], f"{unit}.yaml")
+        assert checked.returncode == 0, checked.stderr
+    # Commands typed by hand have no credentials directory: they name the file.
+    assert json.loads(files["cli"]["text"])[section] == {key: path}
+    # A login user without an SSH key passes this credential alone.
+    seed = controller(**{**SEED, section: {option: path}})
+    assert seed["failedAssertions"] == []
+    for unit, name in UNIT_NAMES:
+        assert seed["services"][unit]["serviceConfig"]["LoadCredential"] == [f"{credential}:{path}"]
+        config = json.loads(seed["configFiles"][unit]["text"])
+        assert config[section][key] == f"/run/credentials/{name}.service/{credential}"
+
+
+def test_both_url_files_and_the_settings_of_their_sections_go_together(tmp_path: Path) -> None:
+    options = {
+        **SEED,
+        "notify": {"urlsFile": "/run/secrets/notify-urls"},
+        "heartbeat": {"urlFile": "/run/secrets/heartbeat-url"},
+        "settings": {
+            "reboot": {"settle": "10m"},
+            "notify": {"on": ["aborted"], "timeout": "20s"},
+            "heartbeat": {"timeout": "5s"},
+        },
+    }
+    result = controller(**options)
+    assert result["failedAssertions"] == []
+    assert result["warnings"] == []
+    run = json.loads(result["configFiles"]["run"]["text"])
+    assert run["notify"] == {
+        "on": ["aborted"],
+        "timeout": "20s",
+        "urls_file": "/run/credentials/lab-orchestrator.service/notify-urls",
+    }
+    assert run["heartbeat"] == {
+        "timeout": "5s",
+        "url_file": "/run/credentials/lab-orchestrator.service/heartbeat-url",
+    }
+    assert run["reboot"] == {"settle": "10m"}
+    for unit in ("run", "resume"):
+        assert result["services"][unit]["serviceConfig"]["LoadCredential"] == [
+            "notify-urls:/run/secrets/notify-urls",
+            "heartbeat-url:/run/secrets/heartbeat-url",
+        ]
+    assert _run_check(tmp_path, result).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("section", "option"), [(s, o) for s, o, *_ in SECRET_FILES], ids=lambda v: str(v)
+)
+@pytest.mark.parametrize("path", ["/nix/store/abc-notify-urls", "secrets/urls"])
+def test_a_url_file_in_the_store_or_relative_fails_an_assertion(
+    section: str, option: str, path: str
+) -> None:
+    failed = controller(**{**DEDICATED, section: {option: path}})["failedAssertions"]
+    assert failed == [
+        f"services.lab-orchestrator.{section}.{option} must be an absolute path outside the "
+        f'Nix store, got "{path}".'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "option"), [(s, o) for s, o, *_ in SECRET_FILES], ids=lambda v: str(v)
+)
+def test_a_url_file_with_a_config_file_fails_an_assertion(section: str, option: str) -> None:
+    failed = controller(configFile="/etc/lab.yaml", **{section: {option: "/etc/secret"}})[
+        "failedAssertions"
+    ]
+    assert any(
+        m.startswith(f"services.lab-orchestrator.{section}.{option} cannot be used with")
+        for m in failed
+    ), failed
+
+
+def test_urls_in_plain_settings_are_warned_about() -> None:
+    notify = controller(**{**SEED, "settings": {"notify": {"urls": ["ntfy://ntfy.sh/t0ken"]}}})
+    assert notify["failedAssertions"] == []
+    (warning,) = notify["warnings"]
+    assert "settings.notify.urls" in warning
+    assert "services.lab-orchestrator.notify.urlsFile" in warning
+    heartbeat = controller(
+        **{**SEED, "settings": {"heartbeat": {"url": "https://hc-ping.com/0d2b4f4e"}}}
+    )
+    (warning,) = heartbeat["warnings"]
+    assert "settings.heartbeat.url" in warning
+    assert "services.lab-orchestrator.heartbeat.urlFile" in warning
+    # Sections without URLs are no secret.
+    quiet = controller(**{**SEED, "settings": {"notify": {"on": ["done"]}, "heartbeat": {}}})
+    assert quiet["warnings"] == []
+
+
+TEXTFILE_DIR = "/var/lib/prometheus-node-exporter-text-files"
+
+
+def _with_node_exporter(options: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    users = options.get("users")
+    config: dict[str, Any] = {
+        "lab-orchestrator": {
+            "enable": True,
+            **{k: v for k, v in options.items() if k != "users"},
+        },
+        "prometheus": {"exporters": {"node": node}},
+    }
+    if users is not None:
+        config["users"] = {"users": users}
+    result: dict[str, Any] = evaluate(controller=config)["controller"]
+    return result
+
+
+def test_metrics_go_to_the_textfile_collector_of_node_exporter(tmp_path: Path) -> None:
+    result = _with_node_exporter({**DEDICATED, "metrics": {"enable": True}}, {"enable": True})
+    assert result["failedAssertions"] == []
+    node = result["nodeExporter"]
+    assert node["enabledCollectors"] == ["textfile"]
+    (flag,) = node["extraFlags"]
+    assert flag == f"--collector.textfile.directory={TEXTFILE_DIR}"
+    directory = flag.split("=", 1)[1]
+    for unit in ("run", "resume", "cli"):
+        text = result["configFiles"][unit]["text"]
+        textfile = Path(json.loads(text)["metrics"]["textfile"])
+        # The collector reads *.prom files directly in its directory.
+        assert str(textfile.parent) == directory
+        assert textfile.suffix == ".prom"
+        checked = validate(tmp_path, text, f"{unit}.yaml")
+        assert checked.returncode == 0, checked.stderr
+    # Made at boot, writable by the service user, readable by node_exporter's own user.
+    assert result["tmpfiles"] == [f"d {directory} 0755 lab-orchestrator lab-orchestrator -"]
+    for unit in ("run", "resume"):
+        service = result["services"][unit]["serviceConfig"]
+        assert service["ProtectSystem"] == "strict"
+        assert service["ReadWritePaths"] == [
+            "-/var/lib/lab-orchestrator/lab",
+            f"-{directory}",
+        ]
+    assert _run_check(tmp_path, result).returncode == 0
+
+
+def test_metrics_keep_the_node_exporter_settings_of_the_host() -> None:
+    node = {
+        "enable": True,
+        "enabledCollectors": ["systemd"],
+        "extraFlags": ["--collector.ethtool"],
+    }
+    result = _with_node_exporter({**DEDICATED, "metrics": {"enable": True}}, node)
+    exporter = result["nodeExporter"]
+    assert sorted(exporter["enabledCollectors"]) == ["systemd", "textfile"]
+    assert sorted(exporter["extraFlags"]) == [
+        "--collector.ethtool",
+        f"--collector.textfile.directory={TEXTFILE_DIR}",
+    ]
+
+
+def test_metrics_directory_can_be_chosen(tmp_path: Path) -> None:
+    result = _with_node_exporter(
+        {**SEED, "metrics": {"enable": True, "directory": "/srv/textfiles"}}, {"enable": True}
+    )
+    assert result["failedAssertions"] == []
+    assert result["nodeExporter"]["extraFlags"] == ["--collector.textfile.directory=/srv/textfiles"]
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert config["metrics"] == {"textfile": "/srv/textfiles/lab_orchestrator.prom"}
+    # A login user owns it; its relaxed sandbox has no read-only file system to open up.
+    assert result["tmpfiles"] == ["d /srv/textfiles 0755 geir users -"]
+    assert "ReadWritePaths" not in result["services"]["run"]["serviceConfig"]
+    failed = controller(**{**SEED, "metrics": {"enable": True, "directory": "/nix/store/x"}})[
+        "failedAssertions"
+    ]
+    assert any(m.startswith("services.lab-orchestrator.metrics.directory must be") for m in failed)
+
+
+def test_metrics_without_node_exporter_still_write_the_file(tmp_path: Path) -> None:
+    result = _with_node_exporter({**DEDICATED, "metrics": {"enable": True}}, {})
+    assert result["failedAssertions"] == []
+    # node_exporter is not turned on or configured by this module.
+    assert result["nodeExporter"] == {"enable": False, "enabledCollectors": [], "extraFlags": []}
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert config["metrics"] == {"textfile": f"{TEXTFILE_DIR}/lab_orchestrator.prom"}
+    assert result["tmpfiles"] == [f"d {TEXTFILE_DIR} 0755 lab-orchestrator lab-orchestrator -"]
+    assert f"-{TEXTFILE_DIR}" in result["services"]["run"]["serviceConfig"]["ReadWritePaths"]
+
+
+def test_no_metrics_unless_enabled() -> None:
+    result = _with_node_exporter(DEDICATED, {"enable": True})
+    assert result["nodeExporter"] == {"enable": True, "enabledCollectors": [], "extraFlags": []}
+    assert "metrics" not in json.loads(result["configFiles"]["run"]["text"])
+    assert result["tmpfiles"] == []
+    assert result["services"]["run"]["serviceConfig"]["ReadWritePaths"] == [
+        "-/var/lib/lab-orchestrator/lab"
+    ]
+
+
+def test_both_units_accept_status_lines_from_the_orchestrator() -> None:
+    for options in (SEED, DEDICATED):
+        services = controller(**options)["services"]
+        for unit in ("run", "resume"):
+            assert services[unit]["serviceConfig"]["NotifyAccess"] == "main"
+
+
+def test_the_seeds_six_lines_need_nothing_of_issue_9(tmp_path: Path) -> None:
+    module = tmp_path / "configuration.nix"
+    module.write_text(SEED_LINES, encoding="utf-8")
+    result = evaluate_module_file(module)
+    assert result["failedAssertions"] == []
+    assert result["warnings"] == []
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert not {"notify", "heartbeat", "metrics"} & set(config)
+    for unit in ("run", "resume"):
+        service = result["services"][unit]["serviceConfig"]
+        assert service["NotifyAccess"] == "main"
+        assert "LoadCredential" not in service
+    assert result["tmpfiles"] == []
+    assert result["nodeExporter"]["extraFlags"] == []
+
+
+def test_metrics_with_a_config_file_prepare_the_directory_the_file_names() -> None:
+    result = _with_node_exporter(
+        {"configFile": "/etc/lab-orchestrator/lab.yaml", "metrics": {"enable": True}},
+        {"enable": True},
+    )
+    assert result["failedAssertions"] == []
+    assert result["configFiles"]["run"] == {"path": "/etc/lab-orchestrator/lab.yaml", "text": None}
+    assert result["tmpfiles"] == [f"d {TEXTFILE_DIR} 0755 lab-orchestrator lab-orchestrator -"]
+    assert result["nodeExporter"]["extraFlags"] == [
+        f"--collector.textfile.directory={TEXTFILE_DIR}"
+    ]
+    assert f"-{TEXTFILE_DIR}" in result["services"]["run"]["serviceConfig"]["ReadWritePaths"]

@@ -6,6 +6,10 @@ using the production engine; only its config differs (addresses, keys, and for t
 the reboot command and where the boot id is read). When that child asks the controller to
 reboot, this process plays systemd's shutdown: SIGTERM, then SIGKILL, a new boot id, and the
 boot unit's ``orchestrator resume``, which verifies the controller and finishes the run.
+
+The owner's side is on loopback too: a receiver stands in for the notification service
+(apprise posts to its ``json://`` URL) and for healthchecks.io (the heartbeat pings), and
+prints what arrives; the run writes the Prometheus metrics file node_exporter would read.
 """
 
 from __future__ import annotations
@@ -17,16 +21,26 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from orchestrator import process
+from orchestrator.demo.receiver import Request, receiver
 from orchestrator.demo.simlab import Behaviour, SimLab
 from orchestrator.store import Store
 
 SEED_MACHINES = ["sleeper-service", "grey-area", "reverse-proxy"]
 SHUTDOWN_GRACE = 1.0
+NOTIFY_PATH = "/notify"
+PING_PATH = "/ping/"
+# The metrics file's lines the demo shows: did the last run succeed, how long, how many runs.
+SHOWN_METRICS = (
+    "lab_orchestrator_last_run_success ",
+    "lab_orchestrator_last_run_duration_seconds ",
+    'lab_orchestrator_runs_total{kind="nightly",outcome="done"}',
+)
 _SIGNAL_DEMO = "import os, signal; os.kill(%d, signal.SIGUSR1)"
 
 
@@ -56,7 +70,26 @@ def _orchestrator(config: Path, command: str, debug: bool) -> list[str]:
     return [*argv, *(["--debug"] if debug else []), command]
 
 
+def _arrived(request: Request) -> None:
+    """What the owner's phone (a notification) and healthchecks.io (a ping) would receive."""
+    if request.path == NOTIFY_PATH:
+        note = request.json()
+        body = "\n".join(f"    {line}" for line in str(note["message"]).splitlines())
+        _say(f"notification arrived: {note['title']}\n{body}")
+    else:
+        kind = request.path.rsplit("/", 1)[-1]
+        name = kind if kind in ("start", "fail") else "success"
+        _say(f"heartbeat ping arrived: {name} ({request.method} {request.path})")
+
+
 async def _demo(directory: Path, debug: bool) -> int:
+    with receiver(on_request=_arrived) as owner:
+        return await _run(directory, debug, owner.url(NOTIFY_PATH, scheme="json"), owner.url)
+
+
+async def _run(
+    directory: Path, debug: bool, notify_url: str, receiver_url: Callable[[str], str]
+) -> int:
     lab = SimLab(directory / "lab", SEED_MACHINES, Behaviour(boot_time=1.5, http_delay=0.5))
     await lab.start()
     controller = Controller(directory)
@@ -76,6 +109,10 @@ async def _demo(directory: Path, debug: bool) -> int:
         },
     )
     config["machines"]["self"] = {"local": True}
+    metrics_file = directory / "lab_orchestrator.prom"
+    config["notify"] = {"urls": [notify_url], "on": ["aborted", "done"]}
+    config["heartbeat"] = {"url": receiver_url(f"{PING_PATH}{uuid.uuid4()}")}
+    config["metrics"] = {"textfile": str(metrics_file)}
     config_file = directory / "demo.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     _say(f"simulated lab up: {', '.join(SEED_MACHINES)} + this controller ({config_file})")
@@ -103,6 +140,10 @@ async def _demo(directory: Path, debug: bool) -> int:
         _say("orchestrator status")
         async with process.spawn(_orchestrator(config_file, "status", debug)) as status:
             await status.wait()
+        _say(f"metrics for node_exporter ({metrics_file.name}), three of its lines:")
+        shown = metrics_file.read_text().splitlines()
+        for prefix in SHOWN_METRICS:
+            print("    " + next(line for line in shown if line.startswith(prefix)), file=sys.stderr)
         with Store.open(directory / "state", create=False) as store:
             run = store.latest_run()
         return 0 if run is not None and run.state == "done" else 1

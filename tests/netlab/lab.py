@@ -1059,7 +1059,7 @@ class Lab:
             else:
                 machines[h.name] = {
                     "host": h.address,
-                    "checks": [{"url": h.health_url, "status": 200, "timeout": 1}],
+                    "checks": [{"url": h.health_url, "status": 200, "timeout": 2}],
                 }
         config: dict[str, Any] = {
             "flake": str(self.dir),
@@ -1071,13 +1071,15 @@ class Lab:
                 "port": 22,
                 "identity_file": str(self.client_key_path),
                 "known_hosts": str(self.known_hosts_path),
-                "connect_timeout": 1,
+                # Sized for a busy 2-core CI machine, not an idle one: a 1 s connect and 1 s
+                # probe timed out in preflight beside two CPU hogs and a pip install.
+                "connect_timeout": 3,
             },
             "reboot": {
                 "command": ["systemctl", "reboot"],
                 "timeout": 30,
                 "poll_interval": 0.25,
-                "probe_timeout": 1,
+                "probe_timeout": 2,
                 "stable_passes": 2,
                 "settle": 0,
                 "allow_degraded": False,

@@ -63,6 +63,10 @@ let
     "rich"
     "filelock"
     "pytimeparse"
+    "apprise"
+    "prometheus-client"
+    "sdnotify"
+    "logging-journald"
     "setuptools"
     "pytestCheckHook"
     "pytest-asyncio"
@@ -215,6 +219,8 @@ let
       systemd.package = opt types.package pkgs.systemd;
       systemd.services = opt (types.attrsOf serviceUnit) { };
       systemd.timers = opt (types.attrsOf timerUnit) { };
+      # nixos/modules/system/boot/systemd/tmpfiles.nix
+      systemd.tmpfiles.rules = opt (types.listOf types.str) [ ];
       # nixos/modules/config/users-groups.nix
       users.users = opt (types.attrsOf userSubmodule) { };
       users.groups = opt (types.attrsOf groupSubmodule) { };
@@ -238,6 +244,29 @@ let
       nix.package = opt types.package pkgs.nix;
       # nixos/modules/services/networking/ssh/sshd.nix
       services.openssh.enable = opt types.bool false;
+      # nixos/modules/services/monitoring/prometheus/exporters.nix: one
+      # submodule option holding a submodule option per exporter, as there, so
+      # a module whose definitions there depend on `exporters.node.enable`
+      # recurses here as it would in NixOS. node's options: mkExporterOpts
+      # (enable, extraFlags) and exporters/node.nix (enabledCollectors: no
+      # collector beyond node_exporter's own defaults; `[ "systemd" ]` is only
+      # its example).
+      services.prometheus.exporters = mkOption {
+        type = types.submodule {
+          options.node = mkOption {
+            type = types.submodule {
+              options = {
+                enable = opt types.bool false;
+                enabledCollectors = opt (types.listOf types.str) [ ];
+                extraFlags = opt (types.listOf types.str) [ ];
+              };
+            };
+            internal = true;
+            default = { };
+          };
+        };
+        default = { };
+      };
     };
     config._module.args.pkgs = pkgs;
   };
@@ -314,6 +343,8 @@ let
       users = config.users.users;
       groups = lib.attrNames config.users.groups;
       systemPackages = config.environment.systemPackages;
+      tmpfiles = config.systemd.tmpfiles.rules;
+      nodeExporter = config.services.prometheus.exporters.node;
     };
 
   targetView =

@@ -18,6 +18,7 @@ from health_checks.gate import (
     GateRound,
     GateTarget,
     gate_round,
+    probe_settled,
     wait_until_healthy,
 )
 from orchestrator.process import Completed
@@ -307,3 +308,28 @@ async def test_a_degraded_system_passes_only_when_allowed(allow_degraded):
             await wait(host, rounds, gate=gate, deadline_in=0.3)
         assert caught.value.last is not None
         assert caught.value.last.first_failure == Probe("system", False, "degraded")
+
+
+async def _settled(host: FakeHost, attempts: int) -> GateRound:
+    http = HttpClients()
+    try:
+        async with asyncio.timeout(GUARD):
+            target = GateTarget(host, "10.0.0.5", ())
+            return await probe_settled(target, http, policy(), ProbeFailed, attempts)
+    finally:
+        await http.aclose()
+
+
+async def test_preflight_is_not_failed_by_one_round_that_timed_out_on_a_busy_machine():
+    host = FakeHost(Script(ProbeFailed("ssh: timed out"), ProbeFailed("ssh: timed out"), NEW))
+    result = await _settled(host, attempts=3)
+    assert result.passed
+    assert host.called().count("boot") == 3
+
+
+async def test_preflight_fails_a_machine_that_fails_every_round_with_its_last_failure():
+    host = FakeHost(Script(NEW), Script("starting", "starting", "maintenance"))
+    result = await _settled(host, attempts=3)
+    assert not result.passed
+    assert result.first_failure == Probe("system", False, "maintenance")
+    assert host.called().count("state") == 3  # no fourth round

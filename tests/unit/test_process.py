@@ -208,7 +208,9 @@ async def test_non_zero_exit_is_returned_and_check_raises_with_code_and_last_std
     assert result.returncode == 3
     with pytest.raises(ProcessFailed) as caught:
         result.check()
-    assert str(caught.value) == f"`{shlex.join(argv)}` failed with exit code 3: the last words"
+    # The script's own quotes stay readable: "…print('some output')…", not '"'"'.
+    shown = f'{PY} -c "{script}"'
+    assert str(caught.value) == f"`{shown}` failed with exit code 3: the last words"
     assert caught.value.returncode == 3
 
 
@@ -266,6 +268,9 @@ async def test_a_command_with_a_newline_is_logged_and_reported_on_one_line(caplo
     with pytest.raises(ProcessFailed) as failed:
         result.check()
     started = [r.getMessage() for r in caplog.records if "running `" in r.getMessage()]
-    assert started == [f"hook on_done: running `{shlex.join(argv[:2])} 'import sys\\nsys.exit(3)'`"]
+    # $'…\\n…': one line, and pasted into bash it is the same two-line script again.
+    assert started == [
+        f"hook on_done: running `{shlex.join(argv[:2])} $'import sys\\nsys.exit(3)'`"
+    ]
     assert "\n" not in str(failed.value)
     assert "'import sys\\nsys.exit(3)'` failed with exit code 3" in str(failed.value)
