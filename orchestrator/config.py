@@ -250,7 +250,6 @@ class HeartbeatSettings(ConfigModel):
         "module passes `heartbeat.urlFile` with systemd's LoadCredential.",
         examples=["/run/credentials/lab-orchestrator.service/heartbeat-url"],
     )
-
     timeout: PositiveDuration = Field(
         default=defaults.HEARTBEAT_TIMEOUT,
         description="Bound on one ping. A failing ping is a warning and changes nothing else.",

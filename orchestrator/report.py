@@ -140,7 +140,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         elif machine.outcome == Outcome.UNVERIFIED:
             detail = ": reboot requested, not proven back"
         lines.append(f"{machine.name}: {machine.outcome}{detail}")
-    if summary.error:
+    # The error of the machine that stopped the run is already on its line above.
+    if summary.error and all(m.error != summary.error for m in summary.machines):
         lines.append(f"error: {summary.error}")
     return lines
 

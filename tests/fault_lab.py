@@ -55,8 +55,9 @@ def orchestrator(config: Path, *args: str, timeout: float = 120) -> Finished:
     return Finished(result.returncode, result.stderr, started, time.time())
 
 
-def spawn(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    """A real `orchestrator` process in the background; its output goes to ``log``."""
+def spawn(config: Path, *args: str, log: Path, umask: int = -1) -> subprocess.Popen[bytes]:
+    """A real `orchestrator` process in the background; its output goes to ``log``.
+    ``umask``: the child's (e.g. 0o077, as the systemd units set); -1 keeps ours."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [*ORCHESTRATOR, "--config", str(config), *args],
@@ -64,6 +65,7 @@ def spawn(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
+            umask=umask,
         )
 
 

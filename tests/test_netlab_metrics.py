@@ -23,7 +23,8 @@ import pytest
 
 from orchestrator import report
 from orchestrator.store import RunRecord
-from tests.conftest import ORCHESTRATOR, REPO, latest_run
+from tests import fault_lab
+from tests.conftest import latest_run
 from tests.fault_lab import boots, reboots_requested, visited_states, write_config
 from tests.netlab import Fault, Lab
 from tests.unit.test_metrics import P, Samples, check_metrics, samples, series, value
@@ -110,15 +111,7 @@ class Watcher:
 
 
 def spawn(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [*ORCHESTRATOR, "--config", str(config), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            umask=UMASK,
-        )
+    return fault_lab.spawn(config, *args, log=log, umask=UMASK)
 
 
 def finish(process: subprocess.Popen[bytes], log: Path) -> str:
