@@ -35,6 +35,7 @@ from health_checks.gate import (
 )
 from orchestrator import (
     defaults,
+    generations,
     heartbeat,
     keys,
     lock,
@@ -417,11 +418,68 @@ class Engine:
                 f"{name}: boot id is not a UUID; refusing to reboot a machine whose return "
                 "could not be proven"
             )
+        if record.nixos is None:
+            # Not read again after a kill before the intent was saved: no reboot was sent,
+            # so what was read then still holds (and the warning is not repeated).
+            await self._generation_before(name, host)
+            # That read may have taken a while: an abort asked for meanwhile still wins.
+            self._check_abort(f"rebooting {name}")
         self.store.record_reboot_intent(self.run_id, name, boot_id, host.host_key)
         log.info("%s: rebooting (boot id %s)", name, boot_id)
         await host.request_reboot()
         log.info("%s: reboot requested", name)
         await self._emit(EventKind.MACHINE_REBOOTING, name)
+
+    async def _generation_before(self, name: str, host: Host) -> None:
+        """Record what the machine runs and what its reboot should boot. Never stops the
+        reboot: a machine that is not NixOS, or whose facts cannot be read, gets one warning
+        and is rebooted exactly as without them (its generation checks are skipped)."""
+        try:
+            facts = await generations.read(host, self.policy.timeouts.command)
+        except generations.FactsUnreadable as exc:
+            log.warning(
+                "warning: %s: cannot read the NixOS generation (%s): generation checks skipped",
+                name,
+                exc,
+            )
+            return
+        self.store.record_generation_before(self.run_id, name, facts)
+        if isinstance(facts, generations.NotNixos):
+            log.warning(
+                "warning: %s: not NixOS (%s): generation checks skipped", name, facts.reason
+            )
+            return
+        log.info(
+            "%s: booted into generation %s (%s); the profile is generation %d (%s)",
+            name,
+            facts.booted_generation or "?",
+            generations.store_name(facts.booted.system),
+            facts.profile_generation,
+            generations.store_name(facts.profile.system),
+        )
+
+    async def _generation_after(self, name: str) -> None:
+        """Record what the machine came back on, once it passed the gate: only for a machine
+        whose facts were read before (the others were warned about once, then)."""
+        if self.record.machine(name).nixos is not True:
+            return
+        try:
+            facts = await generations.read(self.host(name), self.policy.timeouts.command)
+        except generations.FactsUnreadable as exc:
+            log.warning(
+                "warning: %s: cannot read the NixOS generation after the reboot: %s", name, exc
+            )
+            return
+        if isinstance(facts, generations.NotNixos):
+            log.warning("warning: %s: not NixOS after the reboot (%s)", name, facts.reason)
+            return
+        self.store.record_generation_after(self.run_id, name, facts)
+        log.info(
+            "%s: came back on generation %s (%s)",
+            name,
+            facts.booted_generation or "?",
+            generations.store_name(facts.booted.system),
+        )
 
     async def _reboot_under_way(self, name: str, host: Host, boot_id_before: str) -> bool:
         """After an interruption between saving the intent and the next state: did the reboot
@@ -502,6 +560,7 @@ class Engine:
             result.boot_id,
             took or 0.0,
         )
+        await self._generation_after(name)
         self.host(name).drop()
         await self._emit(EventKind.MACHINE_HEALTHY, name)
 

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any, TextIO
 
 from health_checks.text import from_host
+from orchestrator.generations import GenerationFacts, store_name
 from orchestrator.states import Phase, StateName, machine_state
 from orchestrator.store import MachineRecord, RunRecord, iso, now
 
@@ -66,6 +67,14 @@ class MachineSummary:
     reboot_to_healthy_s: float | None
     error: str | None
     last_failing_probe: str | None
+    # Generation facts (see generations.py): None where unknown; nixos False: not NixOS.
+    nixos: bool | None = None
+    generation_before: int | None = None
+    generation_expected: int | None = None
+    generation_after: int | None = None
+    system_before: str | None = None
+    system_expected: str | None = None
+    system_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,13 @@ def summarize(run: RunRecord) -> RunSummary:
             reboot_to_healthy_s=seconds_between(machine.reboot_requested_at, machine.healthy_at),
             error=machine.error,
             last_failing_probe=_failing_probe(machine),
+            nixos=machine.nixos,
+            generation_before=machine.generation_before,
+            generation_expected=machine.generation_expected,
+            generation_after=machine.generation_after,
+            system_before=machine.system_before,
+            system_expected=machine.system_expected,
+            system_after=machine.system_after,
         )
         for machine in run.machines
     )
@@ -122,6 +138,25 @@ def summarize(run: RunRecord) -> RunSummary:
     )
 
 
+def generation_change(machine: Mapping[str, Any]) -> str:
+    """A machine's generations in a few columns, from its ``status_json`` entry (or a
+    ``MachineSummary`` as a dict): ``142 → 143`` once it is back on one, ``142 → 143?``
+    while the profile's is only expected, ``not NixOS``, or empty when nothing was read.
+    ``?`` stands for a number not known (a booted system that no generation names)."""
+    if machine["nixos"] is None:
+        return ""
+    if not machine["nixos"]:
+        return "not NixOS"
+
+    def number(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    before = number(machine["generation_before"])
+    if machine["system_after"] is not None:
+        return f"{before} → {number(machine['generation_after'])}"
+    return f"{before} → {number(machine['generation_expected'])}?"
+
+
 def summary_lines(summary: RunSummary) -> list[str]:
     """The ``summary:`` lines the engine logs when a run stops: short boot ids and human
     durations, so a line fits a terminal (the hooks' JSON has the full ids)."""
@@ -135,6 +170,12 @@ def summary_lines(summary: RunSummary) -> list[str]:
                 f"(boot id {short_id(machine.boot_id_before)} -> "
                 f"{short_id(machine.boot_id_after)})"
             )
+            if machine.nixos and machine.system_after is not None:
+                change = generation_change(asdict(machine)).replace("→", "->")
+                names = f"{store_name(machine.system_before)} -> {store_name(machine.system_after)}"
+                detail += f"; generation {change} ({names})"
+            elif machine.nixos is False:
+                detail += "; not NixOS"
         elif machine.outcome == Outcome.FAILED:
             detail = f": {machine.error}"
         elif machine.outcome == Outcome.UNVERIFIED:
@@ -187,10 +228,26 @@ def status_json(run: RunRecord | None, since: datetime | None = None) -> dict[st
                 "host_key": machine.host_key,
                 "error": machine.error,
                 "last_probes": machine.last_probes,
+                "nixos": machine.nixos,
+                "generation_before": machine.generation_before,
+                "generation_expected": machine.generation_expected,
+                "generation_after": machine.generation_after,
+                "system_before": machine.system_before,
+                "system_expected": machine.system_expected,
+                "system_after": machine.system_after,
+                "kernel_before": _kernel(machine.facts_before, "booted"),
+                "kernel_expected": _kernel(machine.facts_before, "profile"),
+                "kernel_after": _kernel(machine.facts_after, "booted"),
             }
             for machine, brief in zip(run.machines, summary.machines, strict=True)
         ],
     }
+
+
+def _kernel(facts: GenerationFacts | None, side: str) -> str | None:
+    if facts is None:
+        return None
+    return (facts.booted if side == "booted" else facts.profile).kernel
 
 
 # --- the text of `status` and `history`: plain lines that fit the terminal ---------------------
@@ -440,36 +497,45 @@ def status_lines(
 def _table(data: dict[str, Any], width: int, colour: bool) -> tuple[list[str], bool]:
     """The machine table, and whether a note was cut."""
     rows = []
+    # The generation column only when some machine's facts were read: a run of machines
+    # that are not NixOS says so; a run from before schema 4 looks as it always did.
+    generations = any(machine["nixos"] is not None for machine in data["machines"])
     for machine in data["machines"]:
         ids = short_id(machine["boot_id_before"])
         if machine["boot_id_after"]:
             ids += f" → {short_id(machine['boot_id_after'])}"
         took = machine["reboot_to_healthy_s"]
-        rows.append(
-            (
-                machine["name"] + (" (local)" if machine["local"] else ""),
-                machine["state"],
-                ids,
-                human_duration(took) if took is not None else "",
-                _notes(machine, data["error"]),
-            )
-        )
-    header = ("machine", "state", "boot id", "reboot", "probes / error")
-    widths = [max(cells(row[column]) for row in [header, *rows]) for column in range(4)]
-    # The machine column gives way first (names are cut with …), so a row always fits.
-    fixed = sum(widths[1:]) + 2 * 4
-    widths[0] = min(widths[0], max(8, width - fixed - MIN_NOTE_ROOM))
-    room = width - sum(widths) - 2 * 4
+        row = [
+            machine["name"] + (" (local)" if machine["local"] else ""),
+            machine["state"],
+            ids,
+            *([generation_change(machine)] if generations else []),
+            human_duration(took) if took is not None else "",
+            _notes(machine, data["error"]),
+        ]
+        rows.append(row)
+    header = ["machine", "state", "boot id", *(["gen"] if generations else []), "reboot"]
+    header.append("probes / error")
+    columns = len(header) - 1  # the notes, last, are not a column but the rest of the line
+    widths = [max(cells(row[column]) for row in [header, *rows]) for column in range(columns)]
+    # The machine column gives way first (names are cut with …), so a row always fits; it
+    # leaves room beside the rows for the short notes ("3 ok") only: a long note goes under
+    # its row anyway, and cutting every name to make room for it would gain nothing.
+    fixed = sum(widths[1:]) + 2 * columns
+    short_notes = [cells(row[columns]) for row in rows if cells(row[columns]) <= MIN_NOTE_ROOM]
+    reserve = max(short_notes, default=0)
+    widths[0] = min(widths[0], max(8, width - fixed - reserve))
+    room = width - sum(widths) - 2 * columns
     lines: list[str] = []
     cut = False
     for index, row in enumerate([header, *rows]):
-        cols = [_fit(text, widths[column]) for column, text in enumerate(row[:4])]
+        cols = [_fit(text, widths[column]) for column, text in enumerate(row[:columns])]
         padded = [text + " " * (widths[column] - cells(text)) for column, text in enumerate(cols)]
         if index == 0:
             padded = [paint(text, "1", colour) for text in padded]
         elif colour:
             padded[1] = paint(padded[1], _STATE_COLOURS.get(Outcome(row[1]), "0"), True)
-        note = row[4]
+        note = row[columns]
         line = "  ".join(padded)
         if index == 0 and cells(note) > room:
             note = ""  # a terminal too narrow for notes beside the rows: they go under them

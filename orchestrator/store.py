@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from orchestrator import files
 from orchestrator.errors import StoreError
+from orchestrator.generations import GenerationFacts, NotNixos
 from orchestrator.states import FINAL_STATES, Phase, RunKind, all_states
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STORE_FILE = "state.db"
 
 _SCHEMA = """
@@ -56,6 +57,15 @@ CREATE TABLE IF NOT EXISTS machines (
     healthy_at TEXT,
     error TEXT,
     last_probes TEXT,
+    nixos INTEGER,
+    generation_before INTEGER,
+    generation_expected INTEGER,
+    generation_after INTEGER,
+    system_before TEXT,
+    system_expected TEXT,
+    system_after TEXT,
+    facts_before TEXT,
+    facts_after TEXT,
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -152,6 +162,22 @@ def _probes(value: object) -> list[dict[str, Any]]:
     return probes
 
 
+def _optional_integer(value: object) -> int | None:
+    return None if value is None else _integer(value)
+
+
+def _optional_flag(value: object) -> bool | None:
+    if value is None:
+        return None
+    if value not in (0, 1) or isinstance(value, bool):
+        raise ValueError("not 0 or 1")
+    return bool(value)
+
+
+def _facts(value: object) -> GenerationFacts | None:
+    return None if value is None else GenerationFacts.from_json(json.loads(_text(value)))
+
+
 def _owner(path: Path) -> str:
     try:
         return f" (uid {path.stat().st_uid})"
@@ -190,6 +216,17 @@ class MachineRecord:
     healthy_at: datetime | None
     error: str | None
     last_probes: list[dict[str, Any]]
+    # Generation facts (schema 4; see generations.py). ``nixos``: None until read (or when
+    # they could not be read), False for a machine that is not NixOS, True otherwise.
+    nixos: bool | None = None
+    generation_before: int | None = None  # the profile generation it was booted into
+    generation_expected: int | None = None  # the profile's generation: what it should boot
+    generation_after: int | None = None  # the profile generation it came back on
+    system_before: str | None = None  # /run/booted-system before the reboot
+    system_expected: str | None = None  # the profile's system before the reboot
+    system_after: str | None = None  # /run/booted-system once healthy again
+    facts_before: GenerationFacts | None = None  # everything read, kernels included
+    facts_after: GenerationFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -411,6 +448,11 @@ class Store:
                 # resume can end the one a killed orchestrator left behind.
                 for column in _STEP_COLUMNS:
                     db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            if version < 4:
+                # Version 4 remembers each machine's NixOS generation before and after its
+                # reboot; machines of older runs have none (NULL: never read).
+                for column in _GENERATION_COLUMNS:
+                    db.execute(f"ALTER TABLE machines ADD COLUMN {column}")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     # -- runs ---------------------------------------------------------------------------------
@@ -522,6 +564,45 @@ class Store:
                 (boot_id_before, host_key, iso(now()), run_id, name),
             )
 
+    def record_generation_before(
+        self, run_id: int, name: str, facts: GenerationFacts | NotNixos
+    ) -> None:
+        """What the machine was booted into and what its reboot should boot, read just
+        before its reboot intent is saved; or that it is not NixOS."""
+        if isinstance(facts, NotNixos):
+            values: tuple[object, ...] = (0, None, None, None, None)
+        else:
+            values = (
+                1,
+                facts.booted_generation,
+                facts.profile_generation,
+                facts.booted.system,
+                facts.profile.system,
+            )
+        facts_json = None if isinstance(facts, NotNixos) else json.dumps(facts.as_json())
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET nixos=?, generation_before=?, generation_expected=?,"
+                " system_before=?, system_expected=?, facts_before=?"
+                " WHERE run_id=? AND name=?",
+                (*values, facts_json, run_id, name),
+            )
+
+    def record_generation_after(self, run_id: int, name: str, facts: GenerationFacts) -> None:
+        """What the machine came back on, read once it passed the health gate."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET generation_after=?, system_after=?, facts_after=?"
+                " WHERE run_id=? AND name=?",
+                (
+                    facts.booted_generation,
+                    facts.booted.system,
+                    json.dumps(facts.as_json()),
+                    run_id,
+                    name,
+                ),
+            )
+
     def record_step_process(self, run_id: int, step: StepProcess) -> None:
         """Committed right after the update/deploy command starts, before it does anything
         that matters: a resume after a kill finds the group and ends it first."""
@@ -580,6 +661,21 @@ class Store:
                     healthy_at=field(machine, "machines", "healthy_at", _timestamp),
                     error=field(machine, "machines", "error", _optional_text),
                     last_probes=field(machine, "machines", "last_probes", _probes),
+                    nixos=field(machine, "machines", "nixos", _optional_flag),
+                    generation_before=field(
+                        machine, "machines", "generation_before", _optional_integer
+                    ),
+                    generation_expected=field(
+                        machine, "machines", "generation_expected", _optional_integer
+                    ),
+                    generation_after=field(
+                        machine, "machines", "generation_after", _optional_integer
+                    ),
+                    system_before=field(machine, "machines", "system_before", _optional_text),
+                    system_expected=field(machine, "machines", "system_expected", _optional_text),
+                    system_after=field(machine, "machines", "system_after", _optional_text),
+                    facts_before=field(machine, "machines", "facts_before", _facts),
+                    facts_after=field(machine, "machines", "facts_after", _facts),
                 )
                 for machine in machines
             )
@@ -700,10 +796,26 @@ class Store:
         return {_text(name): _integer(run_id) for name, run_id in rows}
 
 
-_READABLE_VERSIONS = (1, 2, SCHEMA_VERSION)  # readers never migrate; a run does on its next start
+_READABLE_VERSIONS = (
+    1,
+    2,
+    3,
+    SCHEMA_VERSION,
+)  # readers never migrate; a run does on its next start
 _STEP_COLUMNS = (
     "step_pgid INTEGER",
     "step_leader_start INTEGER",
     "step_boot_id TEXT",
     "step_token TEXT",
+)
+_GENERATION_COLUMNS = (
+    "nixos INTEGER",
+    "generation_before INTEGER",
+    "generation_expected INTEGER",
+    "generation_after INTEGER",
+    "system_before TEXT",
+    "system_expected TEXT",
+    "system_after TEXT",
+    "facts_before TEXT",
+    "facts_after TEXT",
 )

@@ -3,8 +3,9 @@ loopback, each able to "reboot" (connections drop, a dark period, a new boot id,
 before HTTP). It backs ``orchestrator demo`` and the fast tests; the orchestrator talks to it
 exactly as to real machines, through its ordinary config (addresses, ports, keys).
 
-It understands the commands the orchestrator sends (boot id, system state, reboot, and
-``systemctl is-active`` for systemd checks) and nothing else. Every host keeps a ground-truth
+It understands the commands the orchestrator sends (boot id, system state, reboot,
+``systemctl is-active`` for systemd checks, and the generation facts script, to which it
+answers as a machine that is not NixOS) and nothing else. Every host keeps a ground-truth
 event list (what really happened, when) and the argv of every command it received, which
 tests judge the orchestrator by.
 """
@@ -23,11 +24,24 @@ from typing import Any
 
 import asyncssh
 
-from orchestrator import defaults
+from orchestrator import defaults, generations
 
 REBOOT_ARGV = list(defaults.REBOOT_COMMAND)
 BOOT_ID_ARGV = ["cat", str(defaults.BOOT_ID_FILE)]
 STATE_ARGV = list(defaults.STATE_COMMAND)
+# How the facts script arrives (remote.remote_command: its words as octal, decoded by sh).
+SH_DECODER = ["exec", "/bin/sh", "-s", "--"]
+NOT_NIXOS_FACTS = f"format={generations.FORMAT}\nend=1\n"
+
+
+def decoded(words: list[str]) -> list[str]:
+    """The argv ``remote.encode_word`` encoded (``x`` and three octal digits a byte)."""
+    out = []
+    for word in words:
+        digits = word[1:]
+        data = bytes(int(digits[i : i + 3], 8) for i in range(0, len(digits), 3))
+        out.append(data.decode("utf-8", "surrogateescape"))
+    return out
 
 
 @dataclass
@@ -138,6 +152,10 @@ class SimHost:
             states = [self.behaviour.units.get(unit, "inactive") for unit in argv[2:]]
             process.stdout.write("".join(f"{state}\n" for state in states))
             process.exit(0 if all(state == "active" for state in states) else 3)
+        elif argv[:4] == SH_DECODER and decoded(argv[4:]) == list(generations.ARGV):
+            await process.stdin.read()  # the decoder script, as sh would read it first
+            process.stdout.write(NOT_NIXOS_FACTS)
+            process.exit(0)
         elif argv == STATE_ARGV:
             process.stdout.write(self.state + "\n")
             process.exit(0 if self.state == "running" else 1)
