@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from tests.prereqs import missing
+
 pytestmark = pytest.mark.nix
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,10 +58,7 @@ def _nix_files() -> list[Path]:
 
 def _require_nix_instantiate() -> str:
     if NIX_INSTANTIATE is None:
-        reason = "nix-instantiate not found (apt-get install nix-bin)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must install it")
-        pytest.skip(reason)
+        missing("nix-instantiate not found", "apt-get install nix-bin")
     return NIX_INSTANTIATE
 
 
@@ -72,11 +71,10 @@ def _require_nixpkgs_lib() -> Path:
     if not value and SHARED_NIXPKGS_LIB.is_dir():
         value = str(SHARED_NIXPKGS_LIB)
     if not value:
-        if os.environ.get("CI"):
-            pytest.fail("NIXPKGS_LIB is not set and ../shared/nixpkgs-lib is missing; CI needs it")
-        pytest.skip(
+        missing(
             "NIXPKGS_LIB is not set: point it at nixpkgs' lib directory (e.g. lib/ of a "
-            "checkout of github:nix-community/nixpkgs.lib) to evaluate the modules"
+            "checkout of github:nix-community/nixpkgs.lib) to evaluate the modules",
+            ".ci/run takes ../shared/nixpkgs-lib/lib",
         )
     _require_nix_instantiate()
     lib = Path(value)
@@ -610,10 +608,7 @@ def _check(result: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _require_systemd_analyze() -> str:
     if SYSTEMD_ANALYZE is None:
-        reason = "systemd-analyze not found (apt-get install systemd)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must install it")
-        pytest.skip(reason)
+        missing("systemd-analyze not found", "apt-get install systemd")
     return SYSTEMD_ANALYZE
 
 

@@ -27,6 +27,7 @@ from orchestrator.hooks import EventKind, EventPoint, RunEvent
 from orchestrator.states import RunKind
 from orchestrator.store import STORE_FILE, Store, iso, now
 from tests.conftest import orchestrator, write_config
+from tests.prereqs import missing
 
 CONFIG = Path("/etc/lab-orchestrator/config.yaml")
 BOOT_ID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
@@ -42,9 +43,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing; CI must provide it (Debian package prometheus)")
-        pytest.skip("promtool is not installed")
+        missing("promtool is not installed", "Debian package prometheus")
     return found
 
 

@@ -8,7 +8,6 @@ tests/test_netlab_login_shells.py does the same through real sshd."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import sys
 import pytest
 
 from orchestrator.remote import READ_BOOT_ID, SYSTEM_STATE, encode_word, is_plain, remote_command
+from tests.prereqs import missing
 
 SAFE = re.compile(r"[A-Za-z0-9@+=:,./_ -]*")
 
@@ -86,10 +86,7 @@ SHELLS = ["/bin/sh", "/bin/bash", "/usr/bin/zsh", "/usr/bin/fish", "/bin/dash"]
 def need(shell: str) -> None:
     if shutil.which(shell):
         return
-    reason = f"{shell} not installed (tests/netlab/install-prereqs.sh installs zsh, fish)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must install it")
-    pytest.skip(reason)
+    missing(f"{shell} is not installed", "tests/netlab/install-prereqs.sh installs zsh, fish")
 
 
 @pytest.mark.parametrize("shell", SHELLS)
