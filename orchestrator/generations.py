@@ -9,8 +9,8 @@ ever put into the script. It prints ``key=value`` lines:
 - ``current``: ``readlink -e /run/current-system`` — what was last activated (``switch``);
 - ``profile`` and ``profile_link``: the system profile's store path and the link it points
   to, ``system-N-link``, whose N is the profile's generation — what the next boot boots;
-- ``booted.kernel`` / ``booted.initrd`` / ``booted.kernel-modules`` and the same of
-  ``profile.``: each resolved to its store path;
+- ``booted.kernel`` / ``booted.initrd`` / ``booted.kernel-modules`` / ``booted.systemd`` and
+  the same of ``profile.``: each resolved to its store path;
 - ``booted_generation``: the highest profile generation (searched from the profile's own
   downwards, at most ``SEARCH_DEPTH`` of them) whose link resolves to the booted system.
   Several generations can name one system (a rollback makes a new one pointing at an old
@@ -29,6 +29,7 @@ believed. A machine without ``/run/booted-system`` or without a system profile i
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +58,7 @@ b=$(readlink -e {BOOTED_SYSTEM}) && printf 'booted=%s\\n' "$b" || b=
 show current /run/current-system
 show profile "$p"
 l=$(readlink "$p") && printf 'profile_link=%s\\n' "$l" || l=
-for f in kernel initrd kernel-modules; do
+for f in kernel initrd kernel-modules systemd; do
     show "booted.$f" "{BOOTED_SYSTEM}/$f"
     show "profile.$f" "$p/$f"
 done
@@ -80,7 +81,7 @@ echo end=1
 """
 ARGV = ("sh", "-c", SCRIPT)
 
-_PARTS = ("kernel", "initrd", "kernel-modules")
+_PARTS = ("kernel", "initrd", "kernel-modules", "systemd")
 _KEYS = frozenset(
     {"format", "booted", "current", "profile", "profile_link", "booted_generation", "end"}
     | {f"{side}.{part}" for side in ("booted", "profile") for part in _PARTS}
@@ -115,6 +116,12 @@ class SystemParts:
     kernel: str | None = None
     initrd: str | None = None
     kernel_modules: str | None = None
+    systemd: str | None = None
+
+    def part(self, name: str) -> str | None:
+        """A part by its name in the system (``kernel-modules``) and in ``reboot.if_changed``."""
+        value: str | None = getattr(self, name.replace("-", "_"))
+        return value
 
 
 @dataclass(frozen=True)
@@ -151,13 +158,20 @@ class GenerationFacts:
 
 
 def _parts_from_json(data: object) -> SystemParts:
-    if not isinstance(data, dict) or set(data) != {"system", "kernel", "initrd", "kernel_modules"}:
+    # `systemd` was added later: a stored fact without it is read as not known.
+    if not isinstance(data, dict) or not (
+        {"system", "kernel", "initrd", "kernel_modules"} <= set(data) <= set(_PART_FIELDS)
+    ):
         raise ValueError("not a system with its kernel, initrd and kernel_modules")
     parts = {
-        key: None if data[key] is None else store_path(data[key])
-        for key in ("kernel", "initrd", "kernel_modules")
+        key: None if data.get(key) is None else store_path(data[key])
+        for key in _PART_FIELDS
+        if key != "system"
     }
     return SystemParts(store_path(data["system"]), **parts)
+
+
+_PART_FIELDS = ("system", "kernel", "initrd", "kernel_modules", "systemd")
 
 
 def _generation_from_json(value: object) -> int:
@@ -232,6 +246,7 @@ def _parts(values: dict[str, str], side: str) -> SystemParts:
         kernel=part("kernel"),
         initrd=part("initrd"),
         kernel_modules=part("kernel-modules"),
+        systemd=part("systemd"),
     )
 
 
@@ -257,3 +272,53 @@ async def read(host: Host, timeout: float) -> GenerationFacts | NotNixos:
             f"exit {result.returncode}" + (f": {from_host(said[0], 200)}" if said[0] else "")
         )
     return parse(result.stdout)
+
+
+# -- does the machine need its reboot? --------------------------------------------------------
+
+_PART_WORDS = {
+    "kernel": "kernel",
+    "initrd": "initrd",
+    "kernel-modules": "modules",
+    "systemd": "systemd",
+}
+_PACKAGE_PREFIXES = {"kernel": "linux-", "systemd": "systemd-"}
+
+
+@dataclass(frozen=True)
+class RebootNeed:
+    """Whether a reboot boots anything new, and the reason in words for ``status``."""
+
+    needed: bool
+    reason: str
+
+
+def _version(part: str, path: str | None) -> str:
+    name = store_name(path) or "?"
+    return name.removeprefix(_PACKAGE_PREFIXES.get(part, "\0"))
+
+
+def reboot_need(facts: GenerationFacts, parts: Sequence[str]) -> RebootNeed:
+    """NixOS autoUpgrade's rule over ``parts`` (``reboot.if_changed``): a reboot is needed
+    when one of them differs between the booted system and the profile.
+
+    The reason names each change as old → new store names (``kernel: linux-6.12.1 →
+    linux-6.12.3``), or what the booted system already runs (``booted system already runs
+    kernel 6.12.3, initrd and modules of generation 143``)."""
+    changes = [
+        f"{part}: {store_name(before) or 'none'} → {store_name(after) or 'none'}"
+        for part in parts
+        if (before := facts.booted.part(part)) != (after := facts.profile.part(part))
+    ]
+    if changes:
+        return RebootNeed(True, "; ".join(changes))
+    words = [
+        f"{_PART_WORDS[part]} {_version(part, facts.booted.part(part))}"
+        if part in _PACKAGE_PREFIXES
+        else _PART_WORDS[part]
+        for part in parts
+    ]
+    listed = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+    return RebootNeed(
+        False, f"booted system already runs {listed} of generation {facts.profile_generation}"
+    )

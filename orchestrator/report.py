@@ -28,10 +28,15 @@ STATUS_NOTE_MAX = 2048  # one machine's notes or one error, as shown by status a
 
 class Outcome(StrEnum):
     PENDING = "pending"  # the run has not reached it yet
+    DEPLOYING = "deploying"  # deploy.mode: per-machine
     REBOOTING = "rebooting"
     VERIFYING = "verifying"
     SETTLING = "settling"
+    ROLLING_BACK = "rolling-back"
+    VERIFYING_ROLLBACK = "verifying-rollback"
     HEALTHY = "healthy"  # rebooted and proven back
+    SKIPPED = "skipped"  # reboot.when: if-needed, nothing new to boot
+    ROLLED_BACK = "rolled-back"  # failed, then proven back on the known-good generation
     FAILED = "failed"  # stopped the rollout
     UNVERIFIED = "unverified"  # reboot requested, run ended before it was proven back
     UNTOUCHED = "untouched"  # the run ended before reaching it
@@ -41,12 +46,25 @@ def machine_outcome(run: RunRecord, machine: MachineRecord) -> Outcome:
     if run.state == Phase.ABORTED.value:
         if machine.healthy_at is not None:
             return Outcome.HEALTHY
+        if machine.rollback_healthy_at is not None:
+            return Outcome.ROLLED_BACK
         if machine.error:
             return Outcome.FAILED
+        if machine.skipped:
+            return Outcome.SKIPPED
         if machine.reboot_requested_at is not None:
             return Outcome.UNVERIFIED
         return Outcome.UNTOUCHED
-    return Outcome(machine_state(run.state, run.kind, run.machine_names, machine.name))
+    state = machine_state(
+        run.state,
+        run.kind,
+        run.machine_names,
+        machine.name,
+        per_machine_deploy=run.per_machine_deploy,
+    )
+    if state == Outcome.HEALTHY and machine.skipped:
+        return Outcome.SKIPPED
+    return Outcome(state)
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
@@ -75,6 +93,13 @@ class MachineSummary:
     system_before: str | None = None
     system_expected: str | None = None
     system_after: str | None = None
+    # Why it was rebooted or skipped, and its side roads (schema 5).
+    reboot_reason: str | None = None
+    boot_once: str | None = None
+    power_cycled: bool = False
+    failure: str | None = None  # the gate failure that led to a rollback
+    rollback_generation: int | None = None
+    rolled_back_healthy_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,10 +145,17 @@ def summarize(run: RunRecord) -> RunSummary:
             system_before=machine.system_before,
             system_expected=machine.system_expected,
             system_after=machine.system_after,
+            reboot_reason=machine.reboot_reason,
+            boot_once=machine.boot_once,
+            power_cycled=machine.power_cycled_at is not None
+            or machine.rollback_power_cycled_at is not None,
+            failure=machine.failure,
+            rollback_generation=machine.rollback_generation,
+            rolled_back_healthy_at=iso(machine.rollback_healthy_at),
         )
         for machine in run.machines
     )
-    stopped_by = (Outcome.FAILED.value, Outcome.UNVERIFIED.value)
+    stopped_by = (Outcome.FAILED.value, Outcome.UNVERIFIED.value, Outcome.ROLLED_BACK.value)
     failed = next((m.name for m in machines if m.outcome in stopped_by), None)
     return RunSummary(
         run_id=run.run_id,
@@ -152,6 +184,8 @@ def generation_change(machine: Mapping[str, Any]) -> str:
         return "?" if value is None else str(value)
 
     before = number(machine["generation_before"])
+    if machine.get("skipped"):
+        return before
     if machine["system_after"] is not None:
         return f"{before} → {number(machine['generation_after'])}"
     return f"{before} → {number(machine['generation_expected'])}?"
@@ -176,7 +210,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
                 detail += f"; generation {change} ({names})"
             elif machine.nixos is False:
                 detail += "; not NixOS"
-        elif machine.outcome == Outcome.FAILED:
+            if machine.reboot_reason:
+                detail += f"; {machine.reboot_reason}"
+        elif machine.outcome == Outcome.SKIPPED:
+            detail = f": {machine.reboot_reason}" if machine.reboot_reason else ""
+        elif machine.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK):
             detail = f": {machine.error}"
         elif machine.outcome == Outcome.UNVERIFIED:
             detail = ": reboot requested, not proven back"
@@ -238,6 +276,18 @@ def status_json(run: RunRecord | None, since: datetime | None = None) -> dict[st
                 "kernel_before": _kernel(machine.facts_before, "booted"),
                 "kernel_expected": _kernel(machine.facts_before, "profile"),
                 "kernel_after": _kernel(machine.facts_after, "booted"),
+                "reboot_reason": machine.reboot_reason,
+                "skipped": machine.skipped,
+                "deployed_at": iso(machine.deployed_at),
+                "boot_once": machine.boot_once,
+                "made_default_at": iso(machine.made_default_at),
+                "power_cycled_at": iso(machine.power_cycled_at),
+                "failure": machine.failure,
+                "rollback_generation": machine.rollback_generation,
+                "rollback_requested_at": iso(machine.rollback_requested_at),
+                "rollback_power_cycled_at": iso(machine.rollback_power_cycled_at),
+                "rollback_boot_id_after": machine.rollback_boot_id_after,
+                "rollback_healthy_at": iso(machine.rollback_healthy_at),
             }
             for machine, brief in zip(run.machines, summary.machines, strict=True)
         ],
@@ -265,6 +315,11 @@ _STATE_COLOURS = {
     Outcome.REBOOTING: "33",
     Outcome.VERIFYING: "33",
     Outcome.SETTLING: "33",
+    Outcome.DEPLOYING: "33",
+    Outcome.ROLLING_BACK: "31",
+    Outcome.VERIFYING_ROLLBACK: "31",
+    Outcome.ROLLED_BACK: "31",
+    Outcome.SKIPPED: "32",
     Outcome.PENDING: "2",
     Outcome.UNTOUCHED: "2",
 }
@@ -412,6 +467,9 @@ def _notes(machine: dict[str, Any], run_error: str | None) -> str:
     if machine["error"] is not None and machine["error"] == run_error:
         return "the error above"  # the engine records a machine's abort for both
     notes = machine["error"] or "; ".join(failing) or (f"{len(probes)} ok" if probes else "")
+    if machine["reboot_reason"] and not machine["error"] and not failing:
+        # Why it was rebooted (or skipped): what a finished run's reader asks first.
+        notes = machine["reboot_reason"] + (f"; {notes}" if notes else "")
     # Escaped again on display: a run stored by an older version may hold raw host text.
     return from_host(notes, limit=STATUS_NOTE_MAX)
 
@@ -426,13 +484,14 @@ def _now(run: RunRecord, since: datetime | None, at: datetime) -> str:
         Phase.PREFLIGHT: "probing every machine",
         Phase.UPDATING: "running the update command",
         Phase.DEPLOYING: "running the deploy command",
+        Phase.ROLLING_BACK: "making the known-good generation the boot default again",
     }.get(state.phase, "")
     if state.machine is not None:
         machine = run.machine(state.machine)
         if state.phase is Phase.REBOOTING:
             sent = machine.reboot_requested_at
             detail = f"reboot sent at {local_time(sent, at)}" if sent else "sending the reboot"
-        elif state.phase is Phase.VERIFYING:
+        elif state.phase in (Phase.VERIFYING, Phase.VERIFYING_ROLLBACK):
             failing = _failing_probe(machine)
             probes = machine.last_probes
             detail = (

@@ -24,7 +24,7 @@ from orchestrator.errors import StoreError
 from orchestrator.generations import GenerationFacts, NotNixos
 from orchestrator.states import FINAL_STATES, Phase, RunKind, all_states
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 STORE_FILE = "state.db"
 
 _SCHEMA = """
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS runs (
     step_pgid INTEGER,
     step_leader_start INTEGER,
     step_boot_id TEXT,
-    step_token TEXT
+    step_token TEXT,
+    deploy_mode TEXT
 );
 CREATE TABLE IF NOT EXISTS machines (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -66,6 +67,22 @@ CREATE TABLE IF NOT EXISTS machines (
     system_after TEXT,
     facts_before TEXT,
     facts_after TEXT,
+    reboot_reason TEXT,
+    skipped_at TEXT,
+    deployed_at TEXT,
+    boot_once TEXT,
+    made_default_at TEXT,
+    power_cycled_at TEXT,
+    failure TEXT,
+    rollback_started_at TEXT,
+    rollback_done_at TEXT,
+    rollback_generation INTEGER,
+    rollback_boot_id_before TEXT,
+    rollback_requested_at TEXT,
+    rollback_requests INTEGER NOT NULL DEFAULT 0,
+    rollback_power_cycled_at TEXT,
+    rollback_boot_id_after TEXT,
+    rollback_healthy_at TEXT,
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -195,9 +212,9 @@ def _step_process(row: sqlite3.Row) -> StepProcess:
     )
 
 
-def _state(value: object, kind: RunKind, machines: list[str]) -> str:
+def _state(value: object, kind: RunKind, machines: list[str], per_machine_deploy: bool) -> str:
     state = _text(value)
-    if state not in all_states(kind, machines):
+    if state not in all_states(kind, machines, per_machine_deploy=per_machine_deploy):
         raise ValueError("not a state of this run")
     return state
 
@@ -227,6 +244,27 @@ class MachineRecord:
     system_after: str | None = None  # /run/booted-system once healthy again
     facts_before: GenerationFacts | None = None  # everything read, kernels included
     facts_after: GenerationFacts | None = None
+    # Schema 5: why it was rebooted or skipped, and its side roads (see states.py).
+    reboot_reason: str | None = None  # `kernel: linux-6.12.1 → linux-6.12.3`, or why skipped
+    skipped_at: datetime | None = None  # reboot.when: if-needed found nothing to boot
+    deployed_at: datetime | None = None  # deploy.mode: per-machine, its deploy succeeded
+    boot_once: str | None = None  # the bootloader that boots the new generation once
+    made_default_at: datetime | None = None  # boot_once: the new generation made the default
+    power_cycled_at: datetime | None = None  # intent: the power_cycle command may have run
+    failure: str | None = None  # why its gate failed, when that led to a rollback
+    rollback_started_at: datetime | None = None  # intent: the helper may have run
+    rollback_done_at: datetime | None = None
+    rollback_generation: int | None = None  # the profile generation the rollback made
+    rollback_boot_id_before: str | None = None
+    rollback_requested_at: datetime | None = None  # intent: the second reboot may be sent
+    rollback_requests: int = 0
+    rollback_power_cycled_at: datetime | None = None
+    rollback_boot_id_after: str | None = None
+    rollback_healthy_at: datetime | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.skipped_at is not None
 
 
 @dataclass(frozen=True)
@@ -257,6 +295,8 @@ class RunRecord:
     end_reported_at: datetime | None = None
     # The update/deploy step's process group while it runs (schema 3); None otherwise.
     step_process: StepProcess | None = None
+    # Schema 5: `deploy.mode: per-machine` when the run began (its state table depends on it).
+    per_machine_deploy: bool = False
 
     @property
     def finished(self) -> bool:
@@ -453,18 +493,32 @@ class Store:
                 # reboot; machines of older runs have none (NULL: never read).
                 for column in _GENERATION_COLUMNS:
                     db.execute(f"ALTER TABLE machines ADD COLUMN {column}")
+            if version < 5:
+                # Version 5: the deploy mode a run began with (its states depend on it; older
+                # runs deployed all at once) and each machine's reboot reason and side roads
+                # (skip, boot once, power cycle, rollback): none for older runs.
+                db.execute("ALTER TABLE runs ADD COLUMN deploy_mode TEXT")
+                for column in _SIDE_ROAD_COLUMNS:
+                    db.execute(f"ALTER TABLE machines ADD COLUMN {column}")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     # -- runs ---------------------------------------------------------------------------------
 
     def create_run(
-        self, kind: RunKind, machines: Sequence[tuple[str, bool]], config_path: Path
+        self,
+        kind: RunKind,
+        machines: Sequence[tuple[str, bool]],
+        config_path: Path,
+        *,
+        per_machine_deploy: bool = False,
     ) -> RunRecord:
         started = iso(now())
+        deploy_mode = "per-machine" if per_machine_deploy else None
         with self._write() as db:
             cursor = db.execute(
-                "INSERT INTO runs (kind, state, started_at, config_path) VALUES (?, ?, ?, ?)",
-                (kind.value, Phase.PREFLIGHT.value, started, str(config_path)),
+                "INSERT INTO runs (kind, state, started_at, config_path, deploy_mode)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kind.value, Phase.PREFLIGHT.value, started, str(config_path), deploy_mode),
             )
             run_id = cursor.lastrowid
             assert run_id is not None
@@ -603,6 +657,74 @@ class Store:
                 ),
             )
 
+    def _update_machine(self, run_id: int, name: str, **values: object) -> None:
+        """One committed update of a machine's row; the column names are this module's own
+        (``_SIDE_ROAD_FIELDS``), never from input."""
+        assert set(values) <= set(_SIDE_ROAD_FIELDS), set(values) - set(_SIDE_ROAD_FIELDS)
+        assignments = ", ".join(f"{column}=?" for column in values)
+        stored = [iso(v) if isinstance(v, datetime) else v for v in values.values()]
+        with self._write() as db:
+            db.execute(
+                f"UPDATE machines SET {assignments} WHERE run_id=? AND name=?",
+                (*stored, run_id, name),
+            )
+
+    def record_reboot_reason(
+        self, run_id: int, name: str, reason: str | None, *, skipped: bool
+    ) -> None:
+        """Why the machine is rebooted, or why not (then it is skipped)."""
+        self._update_machine(
+            run_id, name, reboot_reason=reason, skipped_at=now() if skipped else None
+        )
+
+    def record_deployed(self, run_id: int, name: str) -> None:
+        self._update_machine(run_id, name, deployed_at=now())
+
+    def record_boot_once(self, run_id: int, name: str, bootloader: str) -> None:
+        self._update_machine(run_id, name, boot_once=bootloader)
+
+    def record_made_default(self, run_id: int, name: str) -> None:
+        self._update_machine(run_id, name, made_default_at=now())
+
+    def record_power_cycle(self, run_id: int, name: str, *, rollback: bool) -> None:
+        """The intent, committed before the command runs: it runs at most once per reboot."""
+        column = "rollback_power_cycled_at" if rollback else "power_cycled_at"
+        self._update_machine(run_id, name, **{column: now()})
+
+    def record_rollback_start(self, run_id: int, name: str, failure: str) -> None:
+        """The intent, committed before the helper runs (which may then have run)."""
+        self._update_machine(run_id, name, failure=failure, rollback_started_at=now())
+
+    def record_rollback_done(self, run_id: int, name: str, generation: int | None) -> None:
+        self._update_machine(run_id, name, rollback_done_at=now(), rollback_generation=generation)
+
+    def record_rollback_reboot_intent(self, run_id: int, name: str, boot_id_before: str) -> None:
+        """Like ``record_reboot_intent``, for the reboot onto the rolled-back generation."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET rollback_boot_id_before=?, rollback_requested_at=?,"
+                " rollback_requests=rollback_requests+1 WHERE run_id=? AND name=?",
+                (boot_id_before, iso(now()), run_id, name),
+            )
+
+    def record_rollback_reboot_resend(self, run_id: int, name: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET rollback_requested_at=?,"
+                " rollback_requests=rollback_requests+1 WHERE run_id=? AND name=?",
+                (iso(now()), run_id, name),
+            )
+
+    def record_rollback_healthy(
+        self, run_id: int, name: str, *, boot_id_after: str | None, probes: list[dict[str, object]]
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET rollback_boot_id_after=?, rollback_healthy_at=?,"
+                " last_probes=? WHERE run_id=? AND name=?",
+                (boot_id_after, iso(now()), json.dumps(probes), run_id, name),
+            )
+
     def record_step_process(self, run_id: int, step: StepProcess) -> None:
         """Committed right after the update/deploy command starts, before it does anything
         that matters: a resume after a kill finds the group and ends it first."""
@@ -676,15 +798,20 @@ class Store:
                     system_after=field(machine, "machines", "system_after", _optional_text),
                     facts_before=field(machine, "machines", "facts_before", _facts),
                     facts_after=field(machine, "machines", "facts_after", _facts),
+                    **{
+                        column: field(machine, "machines", column, parse)
+                        for column, parse in _SIDE_ROAD_FIELDS.items()
+                    },
                 )
                 for machine in machines
             )
             names = [machine.name for machine in machine_records]
             step_pgid = row["step_pgid"] if "step_pgid" in columns else None
+            per_machine = field(row, "runs", "deploy_mode", _deploy_mode)
             return RunRecord(
                 run_id=run_id,
                 kind=kind,
-                state=field(row, "runs", "state", lambda v: _state(v, kind, names)),
+                state=field(row, "runs", "state", lambda v: _state(v, kind, names, per_machine)),
                 started_at=field(row, "runs", "started_at", _required_timestamp),
                 finished_at=field(row, "runs", "finished_at", _timestamp),
                 error=field(row, "runs", "error", _optional_text),
@@ -695,6 +822,7 @@ class Store:
                 step_process=None
                 if step_pgid is None
                 else field(row, "runs", "step_pgid", lambda _: _step_process(row)),
+                per_machine_deploy=per_machine,
             )
 
     def latest_run(self) -> RunRecord | None:
@@ -800,6 +928,7 @@ _READABLE_VERSIONS = (
     1,
     2,
     3,
+    4,
     SCHEMA_VERSION,
 )  # readers never migrate; a run does on its next start
 _STEP_COLUMNS = (
@@ -819,3 +948,53 @@ _GENERATION_COLUMNS = (
     "facts_before TEXT",
     "facts_after TEXT",
 )
+_SIDE_ROAD_COLUMNS = (
+    "reboot_reason TEXT",
+    "skipped_at TEXT",
+    "deployed_at TEXT",
+    "boot_once TEXT",
+    "made_default_at TEXT",
+    "power_cycled_at TEXT",
+    "failure TEXT",
+    "rollback_started_at TEXT",
+    "rollback_done_at TEXT",
+    "rollback_generation INTEGER",
+    "rollback_boot_id_before TEXT",
+    "rollback_requested_at TEXT",
+    "rollback_requests INTEGER NOT NULL DEFAULT 0",
+    "rollback_power_cycled_at TEXT",
+    "rollback_boot_id_after TEXT",
+    "rollback_healthy_at TEXT",
+)
+
+
+def _deploy_mode(value: object) -> bool:
+    if value is None:
+        return False
+    if value != "per-machine":
+        raise ValueError("not per-machine")
+    return True
+
+
+def _requests(value: object) -> int:
+    return 0 if value is None else _integer(value)
+
+
+_SIDE_ROAD_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "reboot_reason": _optional_text,
+    "skipped_at": _timestamp,
+    "deployed_at": _timestamp,
+    "boot_once": _optional_text,
+    "made_default_at": _timestamp,
+    "power_cycled_at": _timestamp,
+    "failure": _optional_text,
+    "rollback_started_at": _timestamp,
+    "rollback_done_at": _timestamp,
+    "rollback_generation": _optional_integer,
+    "rollback_boot_id_before": _optional_text,
+    "rollback_requested_at": _timestamp,
+    "rollback_requests": _requests,
+    "rollback_power_cycled_at": _timestamp,
+    "rollback_boot_id_after": _optional_text,
+    "rollback_healthy_at": _timestamp,
+}

@@ -153,8 +153,8 @@ def evaluate(
     """Evaluate hosts whose ``services`` are ``controller`` (with nixosModules.default),
     ``target`` (nixosModules.target) and ``both`` (both modules on one host).
 
-    Top-level ``users`` and ``_security`` keys become ``users`` and ``security`` instead, to
-    declare e.g. the seed's login user or turn polkit off.
+    Top-level ``users``, ``_security`` and ``_boot`` keys become ``users``, ``security`` and
+    ``boot`` instead, to declare e.g. the seed's login user, turn polkit off or GRUB on.
     """
     lib = _require_nixpkgs_lib()
     return _evaluate(lib, _inputs(controller=controller, target=target, both=both))
@@ -687,13 +687,28 @@ def test_dedicated_user_without_known_hosts_is_warned() -> None:
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx+d3BtC5jvUBMgNLWq5/sLIp3+XBbiCm+leD+8LWR1 ctl"
 
 
+TARGET = {
+    "lab-orchestrator-target": {"enable": True, "authorizedKeys": [KEY]},
+    "openssh": {"enable": True},
+}
+# nix/target-helper.sh, installed by the target module as this command.
+TARGET_HELPER = REPO / "nix" / "target-helper.sh"
+HELPER_NAME = "lab-orchestrator-target"
+# The stand-in pkgs' store paths (tests/nix_eval/eval.nix).
+STUB_STORE = "/nix/store/00000000000000000000000000000000"
+
+
+def _systemctl_commands() -> set[str]:
+    systemctls = (f"{SYSTEMD_STUB}/bin/systemctl", "/run/current-system/sw/bin/systemctl")
+    return {
+        f"{systemctl} {verb}"
+        for systemctl in systemctls
+        for verb in ("reboot", "is-system-running")
+    }
+
+
 def test_target_creates_a_login_user_allowed_to_reboot_and_nothing_else() -> None:
-    target = evaluate(
-        target={
-            "lab-orchestrator-target": {"enable": True, "authorizedKeys": [KEY]},
-            "openssh": {"enable": True},
-        }
-    )["target"]
+    target = evaluate(target=TARGET)["target"]
     assert target["failedAssertions"] == []
     user = target["users"]["lab-orchestrator"]
     assert user["openssh"]["authorizedKeys"]["keys"] == [f"restrict {KEY}"]
@@ -705,16 +720,91 @@ def test_target_creates_a_login_user_allowed_to_reboot_and_nothing_else() -> Non
     # Issue 8, item 17: as root only, not the nixpkgs default ALL:ALL.
     assert rule["runAs"] == "root"
     commands = {entry["command"] for entry in rule["commands"]}
-    systemctls = (
-        "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl",
-        "/run/current-system/sw/bin/systemctl",
-    )
-    assert commands == {
-        f"{systemctl} {verb}"
-        for systemctl in systemctls
-        for verb in ("reboot", "is-system-running")
+    # Issue 10: and the helper that chooses which generation boots, by its store path and the
+    # path a login shell finds; its arguments are its own to check.
+    helper = f"{target['helper']['storePath']}/bin/{HELPER_NAME}"
+    assert helper.startswith("/nix/store/")
+    assert commands == _systemctl_commands() | {
+        helper,
+        f"/run/current-system/sw/bin/{HELPER_NAME}",
     }
+    # No other command may take arbitrary arguments, nor any a wildcard.
+    assert not any(c.endswith("systemctl") or "*" in c or "ALL" in c for c in commands)
     assert all(entry["options"] == ["NOPASSWD"] for entry in rule["commands"])
+
+
+def _helper_path(*tools: str) -> str:
+    return ":".join(f"{STUB_STORE}-{tool}/bin" for tool in tools)
+
+
+def test_target_installs_the_helper_with_exactly_its_tools() -> None:
+    target = evaluate(target=TARGET)["target"]
+    assert HELPER_NAME in target["systemPackages"]
+    helper = target["helper"]
+    assert helper["name"] == helper["mainProgram"] == HELPER_NAME
+    script = TARGET_HELPER.read_text(encoding="utf-8")
+    assert script.startswith("#!/bin/sh\n")
+    # PATH set, not prefixed (no runtimeInputs): sudo passes the SSH user's PATH on. GRUB's
+    # tools: nixpkgs enables GRUB unless the machine is a container or uses systemd-boot.
+    assert helper["otherArgs"] == []
+    assert helper["text"] == (
+        f"PATH={_helper_path('coreutils', 'nix', 'systemd', 'grub')}\nexport PATH\n"
+        + script.removeprefix("#!/bin/sh\n")
+    )
+    no_grub = evaluate(target={**TARGET, "_boot": {"loader": {"grub": {"enable": False}}}})
+    assert no_grub["target"]["helper"]["text"].startswith(
+        f"PATH={_helper_path('coreutils', 'nix', 'systemd')}\nexport PATH\n"
+    )
+    container = evaluate(target={**TARGET, "_boot": {"isContainer": True}})
+    assert "-grub/bin" not in container["target"]["helper"]["text"].splitlines()[0]
+
+
+def test_the_helper_builds_as_writeshellapplication_checks_it(tmp_path: Path) -> None:
+    """nixpkgs' writeShellApplication puts bash and its options first and runs shellcheck on
+    the result: so does this, and the script then refuses a bad argument under bash too."""
+    text = evaluate(target=TARGET)["target"]["helper"]["text"]
+    built = tmp_path / HELPER_NAME
+    built.write_text(
+        "#!/bin/bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n" + text,
+        encoding="utf-8",
+    )
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        missing("shellcheck not found", "apt-get install shellcheck")
+    for program in (built, TARGET_HELPER):
+        checked = subprocess.run(
+            [shellcheck, str(program)], capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stdout
+    marker = tmp_path / "ran"
+    for args in (["boot-once", f"$(touch {marker})"], ["boot-once"], ["make-default", "/etc"]):
+        refused = subprocess.run(
+            ["bash", str(built), *args], capture_output=True, text=True, check=False
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("target-helper: ") and refused.stdout == ""
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("boot", "warned"),
+    [
+        ({}, True),
+        ({"loader": {"grub": {"default": 2}}}, True),
+        ({"loader": {"grub": {"default": "saved"}}}, False),
+        ({"loader": {"grub": {"enable": False}}}, False),
+    ],
+    ids=["grub-default-0", "grub-default-2", "grub-saved", "no-grub"],
+)
+def test_grub_without_a_saved_default_is_warned_about(boot: dict[str, Any], warned: bool) -> None:
+    target = evaluate(target={**TARGET, "_boot": boot})["target"]
+    assert target["failedAssertions"] == []
+    if warned:
+        (warning,) = target["warnings"]
+        assert warning.startswith("services.lab-orchestrator-target: with GRUB, set ")
+        assert 'boot.loader.grub.default = "saved"' in warning
+    else:
+        assert target["warnings"] == []
 
 
 def test_target_without_a_key_or_sshd_fails_assertions() -> None:
