@@ -45,7 +45,8 @@ class BootedSystemCheck(Check):
         booted = result.stdout.strip()
         if result.returncode != 0 or not booted.startswith("/nix/store/"):
             return Probe(NAME, False, f"/run/booted-system unreadable (exit {result.returncode})")
-        expected = self._named(self.expected).removeprefix("generation ")
+        number = self.generations.get(self.expected)
+        expected = str(number) if number is not None else from_host(self.expected, 200)
         if booted != self.expected:
             shown = from_host(booted, 200)
             return Probe(

@@ -277,12 +277,28 @@ def notify_test(ctx: Context) -> int:
 
 @cli.command()
 @click.option("--keep", is_flag=True, help="Keep the demo directory afterwards.")
+@click.option(
+    "--break",
+    "broken",
+    metavar="MACHINE",
+    help="Deploy a broken generation to MACHINE of the demo lab: its gate fails, it is "
+    "rolled back, and the run ends aborted there.",
+)
 @click.pass_obj
-def demo(ctx: Context, keep: bool) -> int:
-    """Run a whole nightly run against a simulated lab on this machine (no root needed)."""
-    from orchestrator.demo import run_demo  # the only import of the simulated lab
+def demo(ctx: Context, keep: bool, broken: str | None) -> int:
+    """Run a whole nightly run against a simulated lab on this machine (no root needed).
 
-    return run_demo(debug=ctx.debug, keep=keep)
+    Exit 0 when the run ended as the demo means it to: done, or with --break aborted at
+    that machine after it was rolled back and proven healthy again."""
+    from orchestrator.demo import SEED_MACHINES, run_demo  # the only import of the simulated lab
+
+    if broken is not None and broken not in SEED_MACHINES:
+        raise click.BadParameter(
+            f"{broken!r} is not a machine of the demo lab ({', '.join(SEED_MACHINES)})",
+            ctx=click.get_current_context(),
+            param_hint="'--break'",
+        )
+    return run_demo(debug=ctx.debug, keep=keep, broken=broken)
 
 
 @cli.command("config-reference")

@@ -604,6 +604,8 @@ def _describe(error: Any) -> str:
         if "checks" in error["loc"]:
             return "wrong check type for these keys"
         return f"must be one of: {error['ctx']['expected'].replace(' or ', ', ')}"
+    if kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):

@@ -502,8 +502,11 @@ class Engine:
             return True
         reboot = self.settings.reboot
         need = generations.reboot_need(facts, reboot.if_changed)
-        if need.needed or reboot.when == "always":
-            reason = need.reason if need.needed else f"reboot.when is always ({need.reason})"
+        # `orchestrator reboot MACHINE` is a request for a reboot: never skipped.
+        asked = self.record.kind is RunKind.REBOOT
+        if need.needed or reboot.when == "always" or asked:
+            why = "requested by `orchestrator reboot`" if asked else "reboot.when is always"
+            reason = need.reason if need.needed else f"{why} ({need.reason})"
             self.store.record_reboot_reason(self.run_id, name, reason, skipped=False)
             log.info("%s: reboot needed: %s", name, reason)
             return True
@@ -520,6 +523,10 @@ class Engine:
             return
         if not facts.reboot_changes_system:
             return  # the reboot boots what runs now: nothing to fall back from
+        unavailable = self._helper_unavailable(name)
+        if unavailable is not None:
+            log.warning("warning: %s: boot_once: %s; rebooting normally", name, unavailable)
+            return
         try:
             bootloader = await target.boot_once(
                 host, self.settings.target_helper, facts.profile.system
@@ -815,11 +822,22 @@ class Engine:
         log.error("%s: %s; rolling back to generation %s", name, failure, record.generation_before)
         return ROLL_BACK
 
+    def _helper_unavailable(self, name: str) -> str | None:
+        """Why the target helper cannot run on this machine, if it cannot: on the controller
+        it runs through ``sudo -n`` unless we are root, and a service with NoNewPrivileges
+        (the module's dedicated user) can never gain root that way."""
+        if self.config.machine(name).local and os.geteuid() != 0 and process.no_new_privileges():
+            return "the orchestrator runs with NoNewPrivileges, so sudo cannot run the helper here"
+        return None
+
     def _cannot_roll_back(self, record: MachineRecord) -> str | None:
         if self.settings.on_failure != "rollback":
             return "on_failure is stop"
         if record.nixos is not True or record.system_before is None:
             return "its NixOS generation is not known"
+        unavailable = self._helper_unavailable(record.name)
+        if unavailable is not None:
+            return unavailable
         if record.system_before == record.system_expected:
             return f"it already boots generation {record.generation_before}'s system"
         return None

@@ -390,6 +390,8 @@ class SshHost:
         deadline = time.monotonic() + timeout
         command, script = remote_command(argv)
         shown = from_host(process.display(argv), 200)
+        # --debug shows every command a machine is sent, argv as it runs there.
+        log.debug("%s: run %s", self.name, from_host(process.display(argv), 2000))
         conn = await self._connection(timeout)
         # stderr is only ever an explanation, and login-shell noise (a locale warning from a
         # dotfile) must not make a 37-byte boot id "too long": it gets at least STDERR_CAP.

@@ -329,3 +329,88 @@ def test_sigkill_at_each_new_state_then_resume_rolls_back_once_and_reboots_once_
     assert boots(lab, since=started) == {"h1": 2}
     assert lab.booted_generations("h1") == [1, last - 1, last]
     assert sorted(profile_systems(lab, "h2")) == [1]
+
+
+def test_sigkill_right_after_the_power_cycle_intent_never_power_cycles_twice(netlab, tmp_path):
+    lab = netlab(["h1"], nixos=True, boot_time=0.5)
+    lab.set_deploy("h1", hangs_at_boot=True, kernel_version=NEW_KERNEL)
+    known_good = lab.nixos_state("h1")["booted_system"]
+    power_cycle = [sys.executable, "-m", "tests.netlab", "power-cycle", str(lab.dir), "h1"]
+    config = rollout_config(
+        lab,
+        tmp_path,
+        reboot={"boot_once": True, "power_cycle_after": 3},
+        machines={"h1": {"power_cycle": power_cycle}},
+    )
+    started = time.time()
+    first = spawn(config, "run", log=tmp_path / "first.log")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        run = latest_run(tmp_path / "state")
+        if run is not None and run.machine("h1").power_cycled_at is not None:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            break
+        assert first.poll() is None, (tmp_path / "first.log").read_text()
+        time.sleep(0.002)
+    else:
+        raise AssertionError("no power cycle intent was recorded")
+
+    resumed = orchestrator(config, "resume", timeout=240)
+
+    log = (tmp_path / "first.log").read_text() + resumed.stderr
+    # The kill may land before or after the command ran; either way it ran at most once and
+    # the resume does not run it again. If the kill beat it, h1 stays hung: the run must then
+    # end with a gate failure, never a second power cycle.
+    cycles = lab.events("h1", "power_cycle")
+    assert len(cycles) <= 1, (cycles, log)
+    run = latest_run(tmp_path / "state")
+    assert run is not None and run.state == "aborted" and run.error is not None, log
+    if cycles:
+        assert run.error.endswith("; rolled back to generation 1: healthy"), log
+        assert lab.events("h1", "booted")[-1]["system"] == known_good
+    else:
+        assert "did not pass the health gate" in run.error, log
+    assert len(lab.events("h1", "reboot_requested", since=started)) in (1, 2)
+
+
+def test_boot_once_makes_a_healthy_generation_the_default_only_after_its_gate(netlab, tmp_path):
+    lab = netlab(["h1"], nixos=True, boot_time=0.5)
+    lab.set_deploy("h1", kernel_version=NEW_KERNEL)
+    config = rollout_config(lab, tmp_path, reboot={"boot_once": True})
+
+    result = orchestrator(config, "run", timeout=240)
+
+    assert result.returncode == 0, result.stderr
+    booted = lab.events("h1", "booted", since=result.started)
+    assert [(e["nixos_generation"], e["chosen_by"]) for e in booted] == [(2, "oneshot")]
+    made_default = [e for e in lab.events("h1", "bootctl") if e["t"] > booted[0]["t"]]
+    assert made_default, "nothing made generation 2 the default after its gate"
+    healthy = lab.events("h1", "healthy", since=booted[0]["t"])
+    assert healthy and healthy[0]["t"] < made_default[0]["t"]
+    # A power cut now boots the new generation: it is the default.
+    since = time.time()
+    lab.power_cycle("h1")
+    again = lab.wait_event("h1", "booted", timeout=60, since=since)
+    assert again["nixos_generation"] == 2 and again["chosen_by"] != "oneshot"
+    run = latest_run(tmp_path / "state")
+    assert run is not None and run.machine("h1").made_default_at is not None
+
+
+def test_a_rollback_whose_own_gate_fails_says_the_machine_needs_a_human(netlab, tmp_path):
+    lab = netlab(["h1", "h2"], nixos=True, boot_time=0.5)
+    lab.set_deploy("h1", kernel_version=NEW_KERNEL)
+    lab.set_fault("h1", http="fail")  # from its next boot on, whatever it boots
+    config = rollout_config(lab, tmp_path)
+
+    result = orchestrator(config, "run", timeout=300)
+
+    assert result.returncode != 0, result.stderr
+    assert reboots_requested(lab, since=result.started) == ["h1", "h1"]
+    run = latest_run(tmp_path / "state")
+    assert run is not None and run.state == "aborted" and run.error is not None
+    assert run.error.startswith("h1: generation 2 failed (last probe: http "), run.error
+    assert ", but that did not pass the health gate either (" in run.error, run.error
+    assert run.error.endswith("): h1 needs a human"), run.error
+    assert run.machine("h1").rollback_healthy_at is None
+    assert boots(lab, since=result.started)["h2"] == 0

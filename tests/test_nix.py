@@ -1215,3 +1215,178 @@ def test_metrics_with_a_config_file_prepare_the_directory_the_file_names() -> No
         f"--collector.textfile.directory={TEXTFILE_DIR}"
     ]
     assert f"-{TEXTFILE_DIR}" in result["services"]["run"]["serviceConfig"]["ReadWritePaths"]
+
+
+# --- NixOS generations (issue 10): power_cycle, credentials, the new settings ---------------
+
+IPMI = [
+    "/bin/sh",
+    "-c",
+    'exec ipmitool -I lanplus -H grey-area-bmc.local -U admin -f "$CREDENTIALS_DIRECTORY/ipmi"'
+    " chassis power cycle",
+]
+# Every key issue 10 added to the config file, through `settings` (freeform, as the other keys).
+GENERATION_SETTINGS = {
+    "deploy": {"mode": "per-machine", "machine_command": ["lab-deploy-boot", "{machine}"]},
+    "reboot": {
+        "settle": "10m",
+        "when": "if-needed",
+        "if_changed": ["kernel", "initrd", "kernel-modules", "systemd"],
+        "boot_once": True,
+        "power_cycle_after": "5m",
+    },
+    "on_failure": "rollback",
+    "target_helper": ["lab-orchestrator-target"],
+}
+
+
+def _with_power_cycle(**extra: Any) -> dict[str, Any]:
+    machines = {**SEED["machines"], "grey-area": {"host": "grey-area.local", "power_cycle": IPMI}}
+    return {**SEED, "machines": machines, **extra}
+
+
+def test_power_cycle_is_a_typed_machine_option_that_points_to_the_reference() -> None:
+    docs = {option["name"]: option for option in controller(**SEED)["docs"]}
+    option = docs["services.lab-orchestrator.machines.<name>.power_cycle"]
+    assert option["type"] == "null or (list of string)"
+    assert option["default"] == {"_type": "literalExpression", "text": "null"}
+    assert "config/REFERENCE.md" in option["description"]
+    assert "{option}`path`" in option["description"]
+    assert "{option}`credentials`" in option["description"]
+    # The settings' example and description name the new keys (they stay freeform).
+    settings = docs["services.lab-orchestrator.settings"]
+    for key in ("per-machine", "machine_command", "if-needed", "boot_once", "on_failure"):
+        assert key in settings["example"]["text"] + settings["description"], key
+    for key in ("reboot.power_cycle_after", "target_helper", "reboot.if_changed"):
+        assert key in settings["description"], key
+
+
+def test_power_cycle_renders_into_the_config_of_its_machine_only(tmp_path: Path) -> None:
+    result = controller(**_with_power_cycle(settings=GENERATION_SETTINGS))
+    assert result["failedAssertions"] == []
+    for unit in ("run", "resume", "cli"):
+        text = result["configFiles"][unit]["text"]
+        config = json.loads(text)
+        assert config["machines"]["grey-area"] == {
+            "host": "grey-area.local",
+            "local": False,
+            "power_cycle": IPMI,
+        }
+        assert "power_cycle" not in config["machines"]["sleeper-service"]
+        assert config["machines"]["self"] == {"local": True}
+        checked = validate(tmp_path, text, f"{unit}.yaml")
+        assert checked.returncode == 0, checked.stderr
+    assert _run_check(tmp_path, result).returncode == 0
+
+
+def test_power_cycle_must_be_an_argv_list() -> None:
+    machines = {
+        **SEED["machines"],
+        "grey-area": {"host": "grey-area.local", "power_cycle": "ipmitool chassis power cycle"},
+    }
+    error = evaluation_error(
+        controller={"lab-orchestrator": {"enable": True, **DEDICATED, "machines": machines}}
+    )
+    assert "machines.grey-area.power_cycle" in error, error
+
+
+def test_the_generation_settings_render_as_given_and_validate(tmp_path: Path) -> None:
+    result = controller(**{**SEED, "settings": GENERATION_SETTINGS})
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert {key: config[key] for key in GENERATION_SETTINGS} == GENERATION_SETTINGS
+    checked = validate(tmp_path, result["configFiles"]["run"]["text"])
+    assert checked.returncode == 0, checked.stderr
+    assert _run_check(tmp_path, result).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"reboot": {"when": "sometimes"}}, "reboot.when"),
+        ({"deploy": {"mode": "per-machine", "machine_command": ["lab", "deploy"]}}, "deploy"),
+        ({"on_failure": "panic"}, "on_failure"),
+        ({"reboot": {"if_changed": ["kernel", "firmware"]}}, "reboot.if_changed"),
+    ],
+    ids=["when", "no-placeholder", "on_failure", "if_changed"],
+)
+def test_a_bad_generation_setting_fails_the_build(
+    tmp_path: Path, settings: dict[str, Any], key: str
+) -> None:
+    result = controller(**{**SEED, "settings": settings})
+    checked = _run_check(tmp_path, result)
+    assert checked.returncode == 2, checked
+    assert checked.stderr.startswith("error: ") and key in checked.stderr, checked.stderr
+
+
+def test_credentials_are_loaded_by_both_units_and_never_in_the_config() -> None:
+    secrets = {"ipmi": "/run/secrets/ipmi-password", "ha-token": "/run/secrets/ha-token"}
+    result = controller(**_with_power_cycle(credentials=secrets, sshKeyFile="/etc/ssh/key"))
+    assert result["failedAssertions"] == []
+    for unit in ("run", "resume"):
+        assert result["services"][unit]["serviceConfig"]["LoadCredential"] == [
+            "ssh-key:/etc/ssh/key",
+            "ha-token:/run/secrets/ha-token",
+            "ipmi:/run/secrets/ipmi-password",
+        ]
+    for file in result["configFiles"].values():
+        assert not any(path in file["text"] for path in secrets.values())
+    # Alone, without any of the module's own credentials.
+    alone = controller(**_with_power_cycle(credentials={"ipmi": "/run/secrets/ipmi"}))
+    assert alone["services"]["run"]["serviceConfig"]["LoadCredential"] == ["ipmi:/run/secrets/ipmi"]
+    assert "LoadCredential" not in controller(**SEED)["services"]["run"]["serviceConfig"]
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("ssh-key", "/run/secrets/x"),
+        ("notify-urls", "/run/secrets/x"),
+        ("../x", "/run/secrets/x"),
+        ("a:b", "/run/secrets/x"),
+        ("ipmi", "/nix/store/abc-ipmi"),
+        ("ipmi", "secrets/ipmi"),
+    ],
+)
+def test_a_bad_credential_fails_an_assertion(name: str, path: str) -> None:
+    failed = controller(**{**SEED, "credentials": {name: path}})["failedAssertions"]
+    assert [m for m in failed if m.startswith(f"services.lab-orchestrator.credentials.{name}:")]
+
+
+def _readme_block(first_line: str) -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```nix\n(.*?)```", readme, flags=re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block
+
+
+def test_the_readmes_per_machine_controller_evaluates_and_validates(tmp_path: Path) -> None:
+    """The README's recommended controller for the seed's lab, as written there."""
+    module = tmp_path / "configuration.nix"
+    module.write_text(
+        _readme_block("# hosts/congenital-optimist/configuration.nix"), encoding="utf-8"
+    )
+    result = evaluate_module_file(module)
+    assert result["failedAssertions"] == []
+    run = result["services"]["run"]
+    assert run["serviceConfig"]["LoadCredential"] == [
+        "ssh-key:/run/secrets/lab-orchestrator-ssh-key",
+        "ipmi-password:/run/secrets/grey-area-ipmi-password",
+    ]
+    assert "/run/current-system/sw" in run["path"]
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert config["order"] == [
+        "sleeper-service",
+        "grey-area",
+        "reverse-proxy",
+        "congenital-optimist",
+    ]
+    assert config["deploy"] == {
+        "mode": "per-machine",
+        "machine_command": ["lab-deploy-boot", "{machine}"],
+    }
+    assert config["reboot"] == {"when": "if-needed", "boot_once": True, "power_cycle_after": "5m"}
+    power_cycle = config["machines"]["grey-area"]["power_cycle"]
+    assert power_cycle[:2] == ["/bin/sh", "-c"] and "$CREDENTIALS_DIRECTORY/" in power_cycle[2]
+    for unit in ("run", "resume", "cli"):
+        checked = validate(tmp_path, result["configFiles"][unit]["text"], f"{unit}.yaml")
+        assert checked.returncode == 0, checked.stderr

@@ -85,6 +85,9 @@ let
     coreutils = fakeDrv "coreutils" { };
     git = fakeDrv "git" { };
     grub2 = fakeDrv "grub" { };
+    # The README's controller configuration puts these on `path`.
+    ipmitool = fakeDrv "ipmitool" { };
+    nixos-rebuild = fakeDrv "nixos-rebuild" { };
     nix = fakeDrv "nix" { };
     openssh = fakeDrv "openssh" { };
     systemd = fakeDrv "systemd" { };
@@ -334,6 +337,7 @@ let
       docs = map (o: {
         inherit (o) name description type;
         default = o.default or null;
+        example = o.example or null;
       }) (
         lib.filter (
           o: o.visible && !o.internal && lib.hasPrefix "services.lab-orchestrator" o.name
