@@ -921,6 +921,13 @@ class Engine:
         self.store.record_rollback_healthy(
             self.run_id, name, boot_id_after=result.boot_id, probes=result.as_json()
         )
+        took = report.seconds_between(record.rollback_requested_at, now())
+        log.info(
+            "%s: healthy on the rolled-back generation (boot id %s), %.1fs after its reboot",
+            name,
+            report.short_id(result.boot_id),
+            took or 0.0,
+        )
         await self._generation_after(name)
         raise RunAborted(
             f"{name}: {record.failure}; rolled back to generation {record.generation_before}: "
