@@ -380,6 +380,13 @@ class Machine(ConfigModel):
         "most one, and it must be last.",
         examples=[False],
     )
+    generations: bool = Field(
+        default=True,
+        description="Read this machine's NixOS generation facts (and with them skip, the "
+        "wrong-generation probe, boot once and rollback). `false`: treat it as not NixOS, "
+        "without the warning.",
+        examples=[True],
+    )
     power_cycle: Argv | None = Field(
         default=None,
         description="argv run on the controller to power-cycle this machine out of band (a "

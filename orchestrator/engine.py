@@ -193,7 +193,11 @@ async def plan_probe(
 
     try:
         rounds = await asyncio.gather(*(preflight_round(config, h, http, policy) for h in hosts))
-        passed = [host for host, result in zip(hosts, rounds, strict=True) if result.passed]
+        passed = [
+            host
+            for host, result in zip(hosts, rounds, strict=True)
+            if result.passed and config.machine(host.name).generations
+        ]
         read = await asyncio.gather(*(facts(host) for host in passed))
     finally:
         await http.aclose()
@@ -553,6 +557,12 @@ class Engine:
         """Record what the machine runs and what its reboot should boot. Never stops the
         reboot: a machine that is not NixOS, or whose facts cannot be read, gets one warning
         and is rebooted exactly as without them (its generation checks are skipped)."""
+        if not self.config.machine(name).generations:
+            self.store.record_generation_before(
+                self.run_id, name, generations.NotNixos("generations: false")
+            )
+            log.info("%s: generation checks off (generations: false)", name)
+            return
         try:
             facts = await generations.read(host, self.policy.timeouts.command)
         except generations.FactsUnreadable as exc:

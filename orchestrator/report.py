@@ -215,7 +215,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
         elif machine.outcome == Outcome.SKIPPED:
             detail = f": {machine.reboot_reason}" if machine.reboot_reason else ""
         elif machine.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK):
-            detail = f": {machine.error}"
+            # The engine's errors begin with the machine's name; once is enough.
+            detail = f": {(machine.error or '').removeprefix(machine.name + ': ')}"
         elif machine.outcome == Outcome.UNVERIFIED:
             detail = ": reboot requested, not proven back"
         lines.append(f"{machine.name}: {machine.outcome}{detail}")
@@ -561,8 +562,9 @@ def _table(data: dict[str, Any], width: int, colour: bool) -> tuple[list[str], b
     generations = any(machine["nixos"] is not None for machine in data["machines"])
     for machine in data["machines"]:
         ids = short_id(machine["boot_id_before"])
-        if machine["boot_id_after"]:
-            ids += f" → {short_id(machine['boot_id_after'])}"
+        after = machine["boot_id_after"] or machine["rollback_boot_id_after"]
+        if after:
+            ids += f" → {short_id(after)}"
         took = machine["reboot_to_healthy_s"]
         row = [
             machine["name"] + (" (local)" if machine["local"] else ""),

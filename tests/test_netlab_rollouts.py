@@ -414,3 +414,19 @@ def test_a_rollback_whose_own_gate_fails_says_the_machine_needs_a_human(netlab, 
     assert run.error.endswith("): h1 needs a human"), run.error
     assert run.machine("h1").rollback_healthy_at is None
     assert boots(lab, since=result.started)["h2"] == 0
+
+
+def test_generations_false_treats_a_nixos_host_as_not_nixos_without_a_warning(netlab, tmp_path):
+    lab = netlab(["h1"], nixos=True, boot_time=0.5)  # its deploy keeps the kernel
+    config = rollout_config(
+        lab, tmp_path, reboot={"when": "if-needed"}, machines={"h1": {"generations": False}}
+    )
+
+    result = orchestrator(config, "run", timeout=240)
+
+    assert result.returncode == 0, result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    assert reboots_requested(lab, since=result.started) == ["h1"]  # not skipped: no facts
+    run = latest_run(tmp_path / "state")
+    assert run is not None and run.machine("h1").nixos is False
+    assert run.machine("h1").facts_before is None

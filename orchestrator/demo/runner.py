@@ -165,7 +165,9 @@ async def _run(
             "boot_id_file": str(controller.boot_id_file),
         },
     )
-    config["machines"][CONTROLLER] = {"local": True}
+    # The controller of the demo is this machine: its real generation (on NixOS) is none
+    # of the demo's business.
+    config["machines"][CONTROLLER] = {"local": True, "generations": False}
     metrics_file = directory / "lab_orchestrator.prom"
     config["notify"] = {"urls": [notify_url], "on": ["aborted", "done"]}
     config["heartbeat"] = {"url": receiver_url(f"{PING_PATH}{uuid.uuid4()}")}

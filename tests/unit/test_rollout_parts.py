@@ -270,7 +270,7 @@ def test_a_skipped_machine_is_skipped_with_its_reason_and_a_rolled_back_one_stop
     assert report.generation_change(shown["a"]) == "142"
     lines = report.summary_lines(summary)
     assert "a: skipped: booted system already runs …" in lines
-    assert f"b: rolled-back: {error}" in lines
+    assert f"b: rolled-back: {error.removeprefix('b: ')}" in lines
     text = "\n".join(report.status_lines(finished, width=160))
     assert "skipped" in text and "rolled-back" in text
 
