@@ -18,24 +18,22 @@ from typing import Any
 import pytest
 
 from tests.conftest import ORCHESTRATOR, REPO, latest_run
-from tests.fault_lab import boots, orchestrator, spawn, wait_for_run_state, write_config
+from tests.fault_lab import (
+    boots,
+    orchestrator,
+    spawn,
+    status_machines,
+    wait_for_run_state,
+    write_config,
+)
 from tests.netlab import Lab, fixtures
-from tests.netlab.lab import NIXOS_KERNEL, missing_prerequisites
+from tests.netlab.lab import NIXOS_KERNEL
 
 pytestmark = pytest.mark.netlab
 netlab = fixtures.netlab
 
 HOSTS = ["h1", "h2"]
 NEW_KERNEL = "6.12.3"
-
-
-@pytest.fixture(autouse=True)
-def _needs_nix_dir() -> None:
-    reason = missing_prerequisites(nixos=True)
-    if reason and "/nix" in reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
 
 
 def deploy_every_host(lab: Lab, directory: Path) -> list[str]:
@@ -49,19 +47,6 @@ def deploy_every_host(lab: Lab, directory: Path) -> list[str]:
         "    subprocess.run(argv, check=True, stdout=sys.stderr)\n"
     )
     return [sys.executable, str(script)]
-
-
-def status_json(config: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [*ORCHESTRATOR, "--config", str(config), "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=REPO,
-    )
-    data = json.loads(result.stdout)
-    return {machine["name"]: machine for machine in data["machines"]}
 
 
 def booted_after(lab: Lab, host: str, since: float) -> dict[str, Any]:
@@ -84,7 +69,7 @@ def test_a_run_records_each_machines_generation_before_and_after(netlab, tmp_pat
     assert "warning" not in result.stderr, result.stderr
     run = latest_run(tmp_path / "state")
     assert run is not None and run.state == "done"
-    shown = status_json(config)
+    shown = status_machines(config)
     for h in HOSTS:
         truth = booted_after(lab, h, result.started)
         after = lab.nixos_state(h)
@@ -150,7 +135,7 @@ def test_hosts_that_are_not_nixos_are_rebooted_as_before_with_one_warning_each(n
             None,
         )
     assert len(warnings) == len(HOSTS), result.stderr
-    shown = status_json(config)
+    shown = status_machines(config)
     assert all(shown[h]["nixos"] is False for h in HOSTS)
     status = subprocess.run(
         [*ORCHESTRATOR, "--config", str(config), "status"],

@@ -13,36 +13,16 @@ import urllib.request
 
 import pytest
 
+from tests.fault_lab import ssh
 from tests.netlab import CONTROLLER, Lab, LabError, fixtures
-from tests.netlab.lab import NIXOS_KERNEL, missing_prerequisites
+from tests.netlab.lab import NIXOS_KERNEL
 
 pytestmark = pytest.mark.netlab
 netlab = fixtures.netlab  # also imported by tests/conftest.py; here so this file stands alone
 
-SSH_TIMEOUT = 30  # a busy 2-core machine: ssh, sshd and the shims all have to get a turn
 BOOT_TIMEOUT = 30
 BOOT_TIME = 0.5
 PROFILE = "/nix/var/nix/profiles/system"
-
-
-@pytest.fixture(autouse=True)
-def _needs_nix_dir() -> None:
-    reason = missing_prerequisites(nixos=True)
-    if reason and "/nix" in reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
-
-
-def ssh(lab: Lab, host: str, command: str) -> tuple[int, str, str]:
-    result = subprocess.run(
-        lab.ssh_argv(host, command, connect_timeout=5),
-        capture_output=True,
-        text=True,
-        timeout=SSH_TIMEOUT,
-        check=False,
-    )
-    return result.returncode, result.stdout, result.stderr
 
 
 def ssh_ok(lab: Lab, host: str, command: str) -> str:

@@ -15,7 +15,6 @@ profile holds — never by the orchestrator's own account.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,9 +25,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import ORCHESTRATOR, REPO, latest_run
-from tests.fault_lab import boots, orchestrator, reboots_requested, spawn, write_config
+from tests.fault_lab import (
+    boots,
+    orchestrator,
+    reboots_requested,
+    spawn,
+    status_machines,
+    status_text,
+    write_config,
+)
 from tests.netlab import Lab, fixtures
-from tests.netlab.lab import NIXOS_KERNEL, missing_prerequisites
+from tests.netlab.lab import NIXOS_KERNEL
 
 pytestmark = pytest.mark.netlab
 netlab = fixtures.netlab
@@ -38,15 +45,6 @@ NEW_KERNEL = "6.12.3"
 # Long enough for a healthy fake NixOS host to pass its gate on a busy 2-core machine; a
 # failing one costs this much wall time.
 GATE_TIMEOUT = 20
-
-
-@pytest.fixture(autouse=True)
-def _needs_nix_dir() -> None:
-    reason = missing_prerequisites(nixos=True)
-    if reason and "/nix" in reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
 
 
 def rollout_config(lab: Lab, directory: Path, **overrides: Any) -> Path:
@@ -61,31 +59,6 @@ def rollout_config(lab: Lab, directory: Path, **overrides: Any) -> Path:
         reboot=reboot,
         **overrides,
     )
-
-
-def status_json(config: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [*ORCHESTRATOR, "--config", str(config), "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=REPO,
-    )
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
-def status_text(config: Path) -> str:
-    return subprocess.run(
-        [*ORCHESTRATOR, "--config", str(config), "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=REPO,
-        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
-    ).stdout
 
 
 def profile_systems(lab: Lab, host: str) -> dict[int, str]:
@@ -120,7 +93,7 @@ def test_an_unhealthy_generation_is_rolled_back_and_later_hosts_are_untouched(ne
     assert run.error.endswith("); rolled back to generation 1: healthy"), run.error
     machine = run.machine("h1")
     assert machine.rollback_generation == 3 and machine.rollback_requests == 1
-    shown = {m["name"]: m for m in status_json(config)["machines"]}
+    shown = status_machines(config)
     assert shown["h1"]["state"] == "rolled-back"
     assert shown["h2"]["state"] == "untouched"
     assert shown["h1"]["system_after"] == known_good
@@ -219,7 +192,7 @@ def test_if_needed_skips_a_host_whose_kernel_initrd_and_modules_are_unchanged(ne
     assert h2.reboot_reason.startswith(
         f"kernel: linux-{NIXOS_KERNEL} → linux-{NEW_KERNEL}; initrd: "
     ), h2.reboot_reason
-    shown = {m["name"]: m for m in status_json(config)["machines"]}
+    shown = status_machines(config)
     assert (shown["h1"]["state"], shown["h2"]["state"]) == ("skipped", "healthy")
     assert shown["h2"]["generation_after"] == 2
     text = status_text(config)

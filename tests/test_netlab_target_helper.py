@@ -4,45 +4,22 @@ ran and why (`chosen_by`), the system profile's links, the EFI variables."""
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fault_lab import ssh
 from tests.netlab import Lab, fixtures
-from tests.netlab.lab import missing_prerequisites
 
 pytestmark = pytest.mark.netlab
 netlab = fixtures.netlab  # also imported by tests/conftest.py; here so this file stands alone
 
 HELPER = Path(__file__).resolve().parents[1] / "nix" / "target-helper.sh"
-SSH_TIMEOUT = 60  # a busy 2-core machine: ssh, sshd and the shims all have to get a turn
 BOOT_TIMEOUT = 60
 BOOT_TIME = 0.5
-
-
-@pytest.fixture(autouse=True)
-def _needs_nix_dir() -> None:
-    reason = missing_prerequisites(nixos=True)
-    if reason and "/nix" in reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
-
-
-def ssh(lab: Lab, host: str, command: str) -> tuple[int, str, str]:
-    result = subprocess.run(
-        lab.ssh_argv(host, command, connect_timeout=5),
-        capture_output=True,
-        text=True,
-        timeout=SSH_TIMEOUT,
-        check=False,
-    )
-    return result.returncode, result.stdout, result.stderr
 
 
 def helper(lab: Lab, host: str, *args: str, path: str | None = None) -> tuple[int, str, str]:
