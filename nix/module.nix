@@ -118,6 +118,18 @@ let
       file = cfg.heartbeat.urlFile;
     };
 
+  # What each unit loads: the files above, then the `credentials` option's,
+  # for the user's own commands.
+  loadCredential =
+    map (credential: "${credential.name}:${credential.file}") credentials
+    ++ mapAttrsToList (name: file: "${name}:${file}") cfg.credentials;
+  ownCredentialNames = [
+    "ssh-key"
+    "ssh-key-passphrase"
+    "notify-urls"
+    "heartbeat-url"
+  ];
+
   # The options naming such files, for the assertions below.
   secretFileOptions = {
     inherit (cfg) sshKeyFile sshKeyPassphraseFile;
@@ -260,6 +272,25 @@ let
             after every other machine. At most one machine may be local.
           '';
         };
+        power_cycle = mkOption {
+          type = types.nullOr (types.listOf types.str);
+          default = null;
+          example = literalExpression ''
+            [ "/bin/sh" "-c" "exec ipmitool -I lanplus -H ${name}-bmc.lan -U admin -f \"$CREDENTIALS_DIRECTORY/ipmi-password\" chassis power cycle" ]
+          '';
+          description = ''
+            argv run on the controller to power-cycle `${name}` out of band (a
+            smart plug, `ipmitool … chassis power cycle`, a Home Assistant
+            script) when it has not answered SSH for
+            `settings.reboot.power_cycle_after` after a reboot request; at
+            most once per reboot (`machines.<name>.power_cycle` in
+            config/REFERENCE.md). It runs as {option}`user`, in {option}`flake`,
+            inside the units' sandbox: put its tools in {option}`path`, and
+            pass a password or token with {option}`credentials` (read from
+            `$CREDENTIALS_DIRECTORY`, as in the example), never in the argv,
+            which ends up in the Nix store. `null`: never power-cycled.
+          '';
+        };
         checks = mkOption {
           type = types.listOf checkSubmodule;
           default = [ ];
@@ -381,11 +412,14 @@ in
     path = mkOption {
       type = types.listOf (types.either types.package types.str);
       default = [ ];
-      example = literalExpression ''[ "/home/geir/Home-lab/result" pkgs.nixos-rebuild ]'';
+      example = literalExpression ''[ "/home/geir/Home-lab/result" pkgs.nixos-rebuild pkgs.ipmitool ]'';
       description = ''
         Packages (or directories containing `bin/`) added to PATH of the
-        update and deploy commands, e.g. the `lab` tool. nix, git, ssh and
-        systemctl are always there.
+        commands the orchestrator runs on the controller: update and deploy
+        (`deploy.command`, or `deploy.machine_command` with
+        `deploy.mode = "per-machine"`), the machines' `power_cycle`
+        commands and hooks. E.g. the `lab` tool, nixos-rebuild, ipmitool or
+        curl. nix, git, ssh and systemctl are always there.
       '';
     };
 
@@ -443,6 +477,27 @@ in
         copied to the Nix store (`heartbeat.url_file` in
         config/REFERENCE.md); `settings.heartbeat.url` would put it into the
         store (the module warns).
+      '';
+    };
+
+    credentials = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        ipmi-password = "/run/secrets/ipmi-password";
+        home-assistant-token = "/run/secrets/home-assistant-token";
+      };
+      description = ''
+        Further secret files for your own commands (a
+        `machines.<name>.power_cycle` command, a hook): each name is
+        passed to both units with LoadCredential=, so the file may be
+        readable by root only and is never copied to the Nix store. A
+        command finds it as `$CREDENTIALS_DIRECTORY/<name>` (the directory
+        differs between the run unit and the resume unit, so use the
+        variable, through `/bin/sh -c`, not a fixed path). Names are
+        letters, digits, `.`, `_` and `-` (starting with a letter or digit),
+        other than the ones this module uses itself (`ssh-key`, `ssh-key-passphrase`, `notify-urls`,
+        `heartbeat-url`).
       '';
     };
 
@@ -532,9 +587,19 @@ in
       example = literalExpression ''
         {
           update.command = [ "lab" "update" ];
-          deploy = { command = [ "lab" "deploy-all" ]; timeout = "45m"; };
+          deploy = {
+            mode = "per-machine";
+            machine_command = [ "lab" "deploy" "{machine}" ];
+            timeout = "45m";
+          };
           ssh.user = "lab-orchestrator";
-          reboot = { timeout = "20m"; settle = "10m"; };
+          reboot = {
+            timeout = "20m";
+            when = "if-needed";
+            boot_once = true;
+            power_cycle_after = "5m";
+          };
+          on_failure = "rollback";
         }
       '';
       description = ''
@@ -542,8 +607,15 @@ in
         default, is in `config/REFERENCE.md` of the orchestrator's
         repository (generated from its schema; see the README's
         Configuration section); a key left out keeps the orchestrator's
-        default. `flake`, `machines` and the SSH key come from the options
-        of the same purpose; by default `ssh.known_hosts` is
+        default. The NixOS generation keys go here too: `deploy.mode` and
+        `deploy.machine_command` (whose word `{machine}` becomes each
+        machine's name), `reboot.when`, `reboot.if_changed`,
+        `reboot.boot_once`, `reboot.power_cycle_after`, `on_failure` and
+        `target_helper`; `reboot.boot_once` and `on_failure = "rollback"`
+        run the helper that {option}`services.lab-orchestrator-target.enable`
+        installs on each machine. `flake`, `machines` (with each machine's
+        `power_cycle`) and the SSH key come from the options of the same
+        purpose; by default `ssh.known_hosts` is
         `/etc/ssh/ssh_known_hosts`, generated from
         {option}`programs.ssh.knownHosts`, when running as the dedicated
         user. Everything here ends up in the world-readable Nix store: put
@@ -644,6 +716,13 @@ in
         assertion = cfg.configFile == null || file == null;
         message = "services.lab-orchestrator.${option} cannot be used with services.lab-orchestrator.configFile: name the file in that file instead.";
       }) (removeAttrs secretFileOptions [ "sshKeyFile" ])
+      ++ mapAttrsToList (name: file: {
+        assertion =
+          builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]*" name != null
+          && !builtins.elem name ownCredentialNames
+          && outsideStore file;
+        message = "services.lab-orchestrator.credentials.${name}: the name must be letters, digits, `.`, `_` or `-`, starting with a letter or digit, and none of ${concatStringsSep ", " ownCredentialNames}, and the file an absolute path outside the Nix store; got \"${file}\".";
+      }) cfg.credentials
       ++ mapAttrsToList (name: m: {
         assertion = m.local || m.host != null;
         message = "services.lab-orchestrator.machines.${name}.host must be set (or local = true).";
@@ -773,8 +852,8 @@ in
           # lines, shown by `systemctl status`.
           NotifyAccess = "main";
         }
-        // optionalAttrs (credentials != [ ]) {
-          LoadCredential = map (credential: "${credential.name}:${credential.file}") credentials;
+        // optionalAttrs (loadCredential != [ ]) {
+          LoadCredential = loadCredential;
         }
         // (
           if dedicatedUser then

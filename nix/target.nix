@@ -6,9 +6,13 @@
 #   cat /proc/sys/kernel/random/boot_id   (needs nothing)
 #   systemctl is-system-running           (needs nothing; allowed anyway, see below)
 #   sudo -n systemctl reboot              (the SSH user is not root)
+#   sudo -n lab-orchestrator-target rollback|boot-once|make-default SYSTEM
+#                                         (./target-helper.sh: which generation
+#                                         boots; it validates its one argument)
 {
   config,
   lib,
+  pkgs,
   ...
 }:
 
@@ -16,10 +20,13 @@ let
   inherit (lib)
     concatMap
     hasPrefix
+    makeBinPath
     mkDefault
     mkEnableOption
     mkIf
     mkOption
+    optional
+    removePrefix
     types
     ;
 
@@ -34,12 +41,47 @@ let
     "/run/current-system/sw/bin/systemctl"
   ];
 
-  allowedCommands = concatMap (systemctl: [
-    "${systemctl} reboot"
-    # Not run through sudo today; allowed so a config whose state command is
-    # prefixed with sudo keeps working, and it changes nothing.
-    "${systemctl} is-system-running"
-  ]) systemctlPaths;
+  # Runs as root: it makes the system profile's generations, runs
+  # switch-to-configuration and sets the boot loader's default and one-shot
+  # entry. bootctl comes with systemd; grub-reboot, grub-set-default and
+  # grub-editenv only where GRUB is the boot loader.
+  helperTools = [
+    pkgs.coreutils
+    config.nix.package
+    config.systemd.package
+  ]
+  ++ optional config.boot.loader.grub.enable pkgs.grub2;
+
+  helper = pkgs.writeShellApplication {
+    name = "lab-orchestrator-target";
+    # Exactly these tools: sudo passes the SSH user's PATH on, and the helper
+    # looks its tools up there (runtimeInputs would only come first in it).
+    # The script is POSIX sh, which bash runs the same; its own #! line would
+    # be a comment here, which shellcheck rejects.
+    text = ''
+      PATH=${makeBinPath helperTools}
+      export PATH
+    ''
+    + removePrefix "#!/bin/sh\n" (builtins.readFile ./target-helper.sh);
+  };
+
+  helperPaths = [
+    "${helper}/bin/lab-orchestrator-target"
+    "/run/current-system/sw/bin/lab-orchestrator-target"
+  ];
+
+  allowedCommands =
+    concatMap (systemctl: [
+      "${systemctl} reboot"
+      # Not run through sudo today; allowed so a config whose state command is
+      # prefixed with sudo keeps working, and it changes nothing.
+      "${systemctl} is-system-running"
+    ]) systemctlPaths
+    # Without arguments: any arguments. The helper takes nothing but one of
+    # its three actions and one NixOS system from the profile's own history,
+    # so this allows no more than choosing which of this machine's
+    # generations boots.
+    ++ helperPaths;
 
   # `restrict` turns off port, agent and X11 forwarding and the PTY for the
   # controller's key: it only runs commands. Options the key already has
@@ -112,6 +154,15 @@ in
       openssh.authorizedKeys.keys = map restrictKey cfg.authorizedKeys;
     };
     users.groups.${cfg.user} = { };
+
+    environment.systemPackages = [ helper ];
+
+    # install-grub.pl's grub.cfg boots a grub-set-default entry only with
+    # default = "saved"; otherwise the helper cannot boot a generation once
+    # (exit 3) and the orchestrator reboots straight into a new one.
+    warnings =
+      optional (config.boot.loader.grub.enable && config.boot.loader.grub.default != "saved")
+        "services.lab-orchestrator-target: with GRUB, set boot.loader.grub.default = \"saved\" so that the orchestrator can boot a new generation once and fall back to the running one if it hangs; without it, it reboots straight into the new generation.";
 
     security.sudo.extraRules = [
       {

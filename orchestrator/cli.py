@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,21 +203,49 @@ def plan(ctx: Context) -> int:
         f"in {config.flake_dir}: update `{display(settings.update.command)}`, "
         f"deploy `{display(settings.deploy.command)}`"
     )
-    click.echo(
-        "steps: " + " -> ".join([*work_states(RunKind.NIGHTLY, config.machine_order), "done"])
-    )
+    per_machine = settings.deploy.mode == "per-machine"
+    if per_machine:
+        click.echo(f"deploy per machine: `{display(settings.deploy.machine_command)}`")
+    steps = work_states(RunKind.NIGHTLY, config.machine_order, per_machine_deploy=per_machine)
+    click.echo("steps: " + " -> ".join([*steps, "done"]))
     reboot = settings.reboot
     click.echo(
         f"gate: {reboot.stable_passes} passes {reboot.poll_interval:g}s apart, "
         f"timeout {reboot.timeout:g}s per machine, settle {reboot.settle:g}s"
     )
-    rounds = asyncio.run(plan_probe(config))
+    click.echo(
+        f"reboot.when: {reboot.when} (if_changed: {', '.join(reboot.if_changed)}); "
+        f"on_failure: {settings.on_failure}; boot_once: {'yes' if reboot.boot_once else 'no'}"
+    )
+    rounds, facts = asyncio.run(plan_probe(config))
     ready = True
     for name, result in rounds.items():
         verdict = "ready" if result.passed else f"NOT READY: {result.first_failure}"
         ready = ready and result.passed
         click.echo(f"  {name}: {verdict}")
+        if name in facts:
+            click.echo(f"    {reboot_plan(facts[name], reboot.when, reboot.if_changed)}")
+    if any(name in facts for name in rounds):
+        when = "before each machine's deploy" if per_machine else "before the deploy step"
+        click.echo(f"(generations as they are now, {when})")
     return EXIT_OK if ready else EXIT_FAILED
+
+
+def reboot_plan(facts: object, when: str, if_changed: Sequence[str]) -> str:
+    """What a run would do with one machine, from its generation facts as read now."""
+    from orchestrator import generations
+
+    if isinstance(facts, str):
+        return f"generation unreadable ({facts}): rebooted"
+    if isinstance(facts, generations.NotNixos):
+        return f"not NixOS ({facts.reason}): rebooted"
+    assert isinstance(facts, generations.GenerationFacts)
+    need = generations.reboot_need(facts, if_changed)
+    if need.needed:
+        return f"reboot: {need.reason}"
+    if when == "always":
+        return f"reboot (reboot.when is always): {need.reason}"
+    return f"skip: {need.reason}"
 
 
 @cli.command("validate-config")
@@ -248,12 +277,28 @@ def notify_test(ctx: Context) -> int:
 
 @cli.command()
 @click.option("--keep", is_flag=True, help="Keep the demo directory afterwards.")
+@click.option(
+    "--break",
+    "broken",
+    metavar="MACHINE",
+    help="Deploy a broken generation to MACHINE of the demo lab: its gate fails, it is "
+    "rolled back, and the run ends aborted there.",
+)
 @click.pass_obj
-def demo(ctx: Context, keep: bool) -> int:
-    """Run a whole nightly run against a simulated lab on this machine (no root needed)."""
-    from orchestrator.demo import run_demo  # the only import of the simulated lab
+def demo(ctx: Context, keep: bool, broken: str | None) -> int:
+    """Run a whole nightly run against a simulated lab on this machine (no root needed).
 
-    return run_demo(debug=ctx.debug, keep=keep)
+    Exit 0 when the run ended as the demo means it to: done, or with --break aborted at
+    that machine after it was rolled back and proven healthy again."""
+    from orchestrator.demo import SEED_MACHINES, run_demo  # the only import of the simulated lab
+
+    if broken is not None and broken not in SEED_MACHINES:
+        raise click.BadParameter(
+            f"{broken!r} is not a machine of the demo lab ({', '.join(SEED_MACHINES)})",
+            ctx=click.get_current_context(),
+            param_hint="'--break'",
+        )
+    return run_demo(debug=ctx.debug, keep=keep, broken=broken)
 
 
 @cli.command("config-reference")

@@ -68,6 +68,50 @@ def _step_defaults(command: tuple[str, ...], timeout: float) -> BeforeValidator:
     return BeforeValidator(fill)
 
 
+class DeployStep(CommandStep):
+    mode: Literal["all", "per-machine"] = Field(
+        default=defaults.DEPLOY_MODE,
+        description="`all`: `command` once, before the first reboot (the original script's "
+        "`lab deploy-all`). `per-machine`: `machine_command` right before each machine's "
+        "reboot, so a generation that breaks the first machine never reaches the others.",
+        examples=["per-machine"],
+    )
+    machine_command: Argv = Field(
+        default=list(defaults.DEPLOY_MACHINE_COMMAND),
+        description="argv run in `flake` for one machine in `per-machine` mode; the word "
+        "`{machine}` becomes the machine's name (one whole word, never through a shell). "
+        "Recommended: a command that runs `nixos-rebuild boot --target-host` (see the README), "
+        "so the new generation is switched to by the reboot that the gate then verifies.",
+        examples=[list(defaults.DEPLOY_MACHINE_COMMAND)],
+    )
+
+    @field_validator("machine_command")
+    @classmethod
+    def _one_placeholder(cls, argv: list[str]) -> list[str]:
+        for word in argv:
+            if word != defaults.MACHINE_PLACEHOLDER and re.search(r"\{[^{}]*\}", word):
+                raise ValueError(
+                    f"{word!r}: the only placeholder is {defaults.MACHINE_PLACEHOLDER}, "
+                    "as a whole word"
+                )
+        return argv
+
+    @model_validator(mode="after")
+    def _names_the_machine(self) -> DeployStep:
+        if self.mode == "per-machine" and defaults.MACHINE_PLACEHOLDER not in self.machine_command:
+            raise ValueError(
+                f"machine_command must contain the word {defaults.MACHINE_PLACEHOLDER} "
+                "in per-machine mode"
+            )
+        return self
+
+    def machine_argv(self, machine: str) -> list[str]:
+        return [
+            machine if word == defaults.MACHINE_PLACEHOLDER else word
+            for word in self.machine_command
+        ]
+
+
 class SshSettings(ConfigModel):
     user: UserName = Field(
         default=defaults.SSH_USER,
@@ -156,6 +200,43 @@ class RebootSettings(ConfigModel):
         description="Accept `systemctl is-system-running` = `degraded`.",
         examples=[False],
     )
+    when: Literal["always", "if-needed"] = Field(
+        default=defaults.REBOOT_WHEN,
+        description="`always` reboots every machine (the original script). `if-needed` "
+        "skips a NixOS machine whose booted system already runs the profile's `if_changed` "
+        "parts (NixOS autoUpgrade's rule); a machine that is not NixOS is always rebooted.",
+        examples=["if-needed"],
+    )
+    if_changed: list[Literal["kernel", "initrd", "kernel-modules", "systemd"]] = Field(
+        default=list(defaults.REBOOT_IF_CHANGED),
+        min_length=1,
+        description="With `when: if-needed`: the parts of a NixOS system whose change needs a "
+        "reboot.",
+        examples=[["kernel", "initrd", "kernel-modules", "systemd"]],
+    )
+    boot_once: bool = Field(
+        default=defaults.BOOT_ONCE,
+        description="Boot a new NixOS generation once (systemd-boot one-shot entry, GRUB "
+        "`grub-reboot`) with the running one as the default, and make the new one the default "
+        "only after the gate passed: a machine that hangs on it and is power-cycled comes back "
+        "on the known-good generation. Needs `target_helper` on the machine.",
+        examples=[True],
+    )
+    power_cycle_after: PositiveDuration = Field(
+        default=defaults.POWER_CYCLE_AFTER,
+        description="A machine with a `power_cycle` command that has not answered SSH for "
+        "this long after its reboot request is power-cycled, once per reboot; the gate then "
+        "waits for the rest of `timeout`.",
+        examples=["5m"],
+    )
+
+    @field_validator("if_changed")
+    @classmethod
+    def _no_repeats(cls, parts: list[str]) -> list[str]:
+        repeated = sorted({part for part in parts if parts.count(part) > 1})
+        if repeated:
+            raise ValueError(f"{repeated[0]} is listed twice")
+        return parts
 
 
 class LocalSettings(ConfigModel):
@@ -299,6 +380,35 @@ class Machine(ConfigModel):
         "most one, and it must be last.",
         examples=[False],
     )
+    generations: bool = Field(
+        default=True,
+        description="Read this machine's NixOS generation facts (and with them skip, the "
+        "wrong-generation probe, boot once and rollback). `false`: treat it as not NixOS, "
+        "without the warning.",
+        examples=[True],
+    )
+    power_cycle: Argv | None = Field(
+        default=None,
+        description="argv run on the controller to power-cycle this machine out of band (a "
+        "smart plug, `ipmitool ... chassis power cycle`) when it has not answered SSH for "
+        "`reboot.power_cycle_after` after a reboot request; at most once per reboot.",
+        examples=[
+            [
+                "ipmitool",
+                "-I",
+                "lanplus",
+                "-H",
+                "grey-area-bmc",
+                "-U",
+                "admin",
+                "-f",
+                "/run/credentials/lab-orchestrator.service/ipmi",
+                "chassis",
+                "power",
+                "cycle",
+            ]
+        ],
+    )
     checks: list[AnyCheck] = Field(
         default=[],
         description="Health checks that must pass after the reboot, besides SSH, boot id and "
@@ -363,11 +473,27 @@ class Config(ConfigModel):
         examples=[{"command": list(defaults.UPDATE_COMMAND), "timeout": "15m"}],
     )
     deploy: Annotated[
-        CommandStep, _step_defaults(defaults.DEPLOY_COMMAND, defaults.DEPLOY_TIMEOUT)
+        DeployStep, _step_defaults(defaults.DEPLOY_COMMAND, defaults.DEPLOY_TIMEOUT)
     ] = Field(
-        CommandStep(command=list(defaults.DEPLOY_COMMAND), timeout=defaults.DEPLOY_TIMEOUT),
-        description="Step 2 of a nightly run: deploy every machine.",
+        DeployStep(command=list(defaults.DEPLOY_COMMAND), timeout=defaults.DEPLOY_TIMEOUT),
+        description="Step 2 of a nightly run: deploy every machine, at once or one by one.",
         examples=[{"command": list(defaults.DEPLOY_COMMAND), "timeout": "45m"}],
+    )
+    on_failure: Literal["stop", "rollback"] = Field(
+        default=defaults.ON_FAILURE,
+        description="When a NixOS machine fails its gate (the wrong generation included) and "
+        "SSH still answers: `rollback` makes the system it ran before the boot default again "
+        "(with `target_helper`), reboots it once more and gates it; the run ends `aborted` "
+        "either way. `stop` leaves it as it is. A machine that is not NixOS is never rolled "
+        "back.",
+        examples=["rollback"],
+    )
+    target_helper: Argv = Field(
+        default=list(defaults.TARGET_HELPER),
+        description="Run on a NixOS machine for `on_failure: rollback` and `reboot.boot_once` "
+        "(nix/target.nix installs it, with its exact sudo rule); prefixed with `sudo -n` when "
+        "the user is not root.",
+        examples=[list(defaults.TARGET_HELPER)],
     )
     ssh: SshSettings = Field(default=SshSettings(), description="How remote machines are reached.")
     reboot: RebootSettings = Field(
@@ -485,6 +611,8 @@ def _describe(error: Any) -> str:
         if "checks" in error["loc"]:
             return "wrong check type for these keys"
         return f"must be one of: {error['ctx']['expected'].replace(' or ', ', ')}"
+    if kind == "too_short" and error.get("ctx", {}).get("min_length") == 1:
+        return "must not be empty"
     if kind in _MESSAGES:
         return _MESSAGES[kind]
     if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):

@@ -18,6 +18,11 @@ UPDATE_COMMAND = ("lab", "update")
 UPDATE_TIMEOUT = 900.0
 DEPLOY_COMMAND = ("lab", "deploy-all")
 DEPLOY_TIMEOUT = 2700.0
+DEPLOY_MODE: Literal["all", "per-machine"] = "all"
+DEPLOY_MACHINE_COMMAND = ("lab", "deploy", "{machine}")
+# The one placeholder of `deploy.machine_command`, replaced by the machine's name as one
+# whole argv word.
+MACHINE_PLACEHOLDER = "{machine}"
 
 SSH_USER = "root"
 SSH_PORT = 22
@@ -30,6 +35,19 @@ POLL_INTERVAL = 1.0
 PROBE_TIMEOUT = 2.0
 STABLE_PASSES = 2
 SETTLE = 0.0
+REBOOT_WHEN: Literal["always", "if-needed"] = "always"
+# NixOS's system.autoUpgrade rule: a reboot is needed when one of these differs between the
+# booted system and the system profile.
+REBOOT_IF_CHANGED: tuple[Literal["kernel", "initrd", "kernel-modules", "systemd"], ...] = (
+    "kernel",
+    "initrd",
+    "kernel-modules",
+)
+BOOT_ONCE = False
+POWER_CYCLE_AFTER = 300.0
+ON_FAILURE: Literal["stop", "rollback"] = "rollback"
+# Installed on each NixOS target by nix/target.nix (the sudo rule names it exactly).
+TARGET_HELPER = ("lab-orchestrator-target",)
 # Preflight asks each machine up to this many rounds before calling it unhealthy.
 PREFLIGHT_ATTEMPTS = 3
 
@@ -41,3 +59,4 @@ HOOK_TIMEOUT = 60.0
 NOTIFY_ON: tuple[Literal["aborted", "done"], ...] = ("aborted",)
 NOTIFY_TIMEOUT = 30.0
 HEARTBEAT_TIMEOUT = 10.0
+POWER_CYCLE_TIMEOUT = 120.0  # the power-cycle command (a smart plug, IPMI): seconds

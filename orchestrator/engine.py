@@ -19,10 +19,12 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 
 import asyncssh
 
+from health_checks.booted_system import BootedSystemCheck, is_wrong_generation
 from health_checks.clients import HttpClients
 from health_checks.gate import (
     GateNotPassed,
@@ -35,6 +37,7 @@ from health_checks.gate import (
 )
 from orchestrator import (
     defaults,
+    generations,
     heartbeat,
     keys,
     lock,
@@ -45,6 +48,7 @@ from orchestrator import (
     remote,
     report,
     sdstatus,
+    target,
 )
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, LockHeldError, OrchestratorError, StoreError
@@ -55,12 +59,14 @@ from orchestrator.states import (
     ABORT,
     ADVANCE,
     FINAL_STATES,
+    ROLL_BACK,
+    SKIP,
     Phase,
     RunKind,
     StateName,
     build_machine,
 )
-from orchestrator.store import RunRecord, StepProcess, Store, now
+from orchestrator.store import MachineRecord, RunRecord, StepProcess, Store, now
 
 log = logging.getLogger("orchestrator")
 
@@ -80,12 +86,28 @@ def internal_error(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {text} (run with --debug for the traceback)"
 
 
+class GateFailed(Exception):
+    """A machine did not pass its gate; ``failure`` says why in one line."""
+
+    def __init__(self, failure: str, last_probe: str | None, wrong_generation: bool) -> None:
+        super().__init__(failure)
+        self.failure = failure
+        self.last_probe = last_probe
+        self.wrong_generation = wrong_generation
+
+
+class _WrongGeneration(Exception):
+    """Raised from a gate round that read a booted system other than the one expected."""
+
+
 class RunModel:
     """The object transitions drives; ``state`` is its only attribute of interest."""
 
     state: str
     advance: Callable[..., Awaitable[bool]]
     abort: Callable[..., Awaitable[bool]]
+    skip: Callable[..., Awaitable[bool]]
+    roll_back: Callable[..., Awaitable[bool]]
 
 
 def make_host(
@@ -152,18 +174,37 @@ def configured_hooks(config: LoadedConfig, store: Store) -> list[Hook]:
     return hooks
 
 
-async def plan_probe(config: LoadedConfig) -> dict[str, GateRound]:
-    """A live preflight that touches nothing and records nothing."""
+async def plan_probe(
+    config: LoadedConfig,
+) -> tuple[
+    dict[str, GateRound], dict[str, generations.GenerationFacts | generations.NotNixos | str]
+]:
+    """A live preflight that touches nothing and records nothing: each machine's round, and
+    the generation facts of each one that passed it (or why they could not be read)."""
     http = HttpClients()
     hosts = [make_host(config, name) for name in config.machine_order]
     policy = gate_policy(config)
+
+    async def facts(host: Host) -> generations.GenerationFacts | generations.NotNixos | str:
+        try:
+            return await generations.read(host, policy.timeouts.command)
+        except generations.FactsUnreadable as exc:
+            return str(exc)
+
     try:
         rounds = await asyncio.gather(*(preflight_round(config, h, http, policy) for h in hosts))
+        passed = [
+            host
+            for host, result in zip(hosts, rounds, strict=True)
+            if result.passed and config.machine(host.name).generations
+        ]
+        read = await asyncio.gather(*(facts(host) for host in passed))
     finally:
         await http.aclose()
         for host in hosts:
             await host.close()
-    return flag_shared_boot_ids(dict(zip(config.machine_order, rounds, strict=True)))
+    verdicts = flag_shared_boot_ids(dict(zip(config.machine_order, rounds, strict=True)))
+    return verdicts, {host.name: answer for host, answer in zip(passed, read, strict=True)}
 
 
 async def preflight_round(
@@ -206,7 +247,13 @@ class Engine:
         self.run_id = run.run_id
         self.events = events
         self.model = RunModel()
-        build_machine(self.model, run.kind, run.machine_names, initial=run.state)
+        build_machine(
+            self.model,
+            run.kind,
+            run.machine_names,
+            initial=run.state,
+            per_machine_deploy=run.per_machine_deploy,
+        )
         self.policy = gate_policy(config)
         self._hosts: dict[str, Host] = {}
         self._http = HttpClients()
@@ -258,13 +305,17 @@ class Engine:
     # -- the loop -----------------------------------------------------------------------------
 
     async def drive(self, *, resumed: bool) -> RunRecord:
-        handlers: dict[Phase, Callable[[str | None], Awaitable[None]]] = {
+        # Each handler does its state's work and returns the trigger that leaves it (None:
+        # advance); the trigger is fired, and the new state committed, only after the work.
+        handlers: dict[Phase, Callable[[str | None], Awaitable[str | None]]] = {
             Phase.PREFLIGHT: self.preflight,
             Phase.UPDATING: self.updating,
             Phase.DEPLOYING: self.deploying,
             Phase.REBOOTING: self.rebooting,
             Phase.VERIFYING: self.verifying,
             Phase.SETTLING: self.settling,
+            Phase.ROLLING_BACK: self.rolling_back,
+            Phase.VERIFYING_ROLLBACK: self.verifying_rollback,
         }
         logs.set_run_context(self.run_id, self.model.state)
         await self._emit(EventKind.RUN_STARTED, resumed=resumed)
@@ -274,7 +325,7 @@ class Engine:
             while self.model.state not in FINAL_STATES:
                 state = StateName.parse(self.model.state)
                 try:
-                    await handlers[state.phase](state.machine)
+                    trigger = await handlers[state.phase](state.machine)
                 except StoreError:
                     # A store that cannot be written stops everything right here: no further
                     # side effect may happen without its intent on disk.
@@ -293,7 +344,7 @@ class Engine:
                     log.debug("run %d: internal error in %s", self.run_id, state, exc_info=True)
                     await self._end_aborted(internal_error(exc), state.machine)
                     break
-                await self._fire(ADVANCE)
+                await self._fire(trigger or ADVANCE)
         record = self.record
         for line in report.summary_lines(report.summarize(record)):
             log.info("summary: %s", line)
@@ -312,10 +363,10 @@ class Engine:
 
     # -- one handler per phase ----------------------------------------------------------------
 
-    async def preflight(self, _: str | None) -> None:
+    async def preflight(self, _: str | None) -> str | None:
         if not self.settings.preflight:
             log.info("preflight: skipped (preflight: false)")
-            return
+            return None
         names = self.record.machine_names
         log.info("preflight: probing %s", ", ".join(names))
         results = await asyncio.gather(
@@ -330,14 +381,25 @@ class Engine:
         if failures:
             raise RunAborted("preflight failed, nothing was touched: " + "; ".join(failures))
         log.info("preflight: all %d machines reachable and healthy", len(names))
+        return None
 
-    async def updating(self, _: str | None) -> None:
+    async def updating(self, _: str | None) -> str | None:
         self._check_abort("updating")
         await self._step("update", self.settings.update.command, self.settings.update.timeout)
+        return None
 
-    async def deploying(self, _: str | None) -> None:
-        self._check_abort("deploying")
-        await self._step("deploy", self.settings.deploy.command, self.settings.deploy.timeout)
+    async def deploying(self, name: str | None) -> str | None:
+        deploy = self.settings.deploy
+        if name is None:
+            self._check_abort("deploying")
+            await self._step("deploy", deploy.command, deploy.timeout)
+            return None
+        # deploy.mode: per-machine. Runs again after a kill (the killed one is ended first):
+        # a deploy is idempotent, and only its success lets this machine be rebooted.
+        self._check_abort(f"deploying {name}")
+        await self._step(f"deploy {name}", deploy.machine_argv(name), deploy.timeout)
+        self.store.record_deployed(self.run_id, name)
+        return None
 
     async def _step(self, label: str, argv: list[str], timeout: float) -> None:
         await self._end_orphaned_step(label)
@@ -391,13 +453,13 @@ class Engine:
             log.info("%s: process group %d of the interrupted run has ended", label, pgid)
         self.store.clear_step_process(self.run_id)
 
-    async def rebooting(self, name: str | None) -> None:
+    async def rebooting(self, name: str | None) -> str | None:
         assert name is not None
         record = self.record.machine(name)
         host = self.host(name)
         if record.reboot_requested_at is not None and record.boot_id_before is not None:
             if await self._reboot_under_way(name, host, record.boot_id_before):
-                return
+                return None
             log.info(
                 "%s: the reboot requested before the interruption never started; "
                 "requesting it again",
@@ -406,7 +468,7 @@ class Engine:
             self._check_abort(f"rebooting {name}")
             self.store.record_reboot_resend(self.run_id, name)
             await host.request_reboot()
-            return
+            return None
         self._check_abort(f"rebooting {name}")
         try:
             boot_id = await host.read_boot_id(self.policy.timeouts.command)
@@ -417,11 +479,136 @@ class Engine:
                 f"{name}: boot id is not a UUID; refusing to reboot a machine whose return "
                 "could not be proven"
             )
+        if record.nixos is None:
+            # Not read again after a kill before the intent was saved: no reboot was sent,
+            # so what was read then still holds (and the warning is not repeated).
+            await self._generation_before(name, host)
+            # That read may have taken a while: an abort asked for meanwhile still wins.
+            self._check_abort(f"rebooting {name}")
+            record = self.record.machine(name)
+        if not self._decide_reboot(name, record):
+            return SKIP
+        await self._boot_once(name, host, self.record.machine(name))
+        self._check_abort(f"rebooting {name}")
         self.store.record_reboot_intent(self.run_id, name, boot_id, host.host_key)
         log.info("%s: rebooting (boot id %s)", name, boot_id)
         await host.request_reboot()
         log.info("%s: reboot requested", name)
         await self._emit(EventKind.MACHINE_REBOOTING, name)
+        return None
+
+    def _decide_reboot(self, name: str, record: MachineRecord) -> bool:
+        """Record why the machine is rebooted, or why not; False: skip it
+        (``reboot.when: if-needed`` and its booted system already runs the profile's parts).
+        A machine without generation facts is always rebooted, as before."""
+        facts = record.facts_before
+        if record.nixos is not True or facts is None:
+            return True
+        reboot = self.settings.reboot
+        need = generations.reboot_need(facts, reboot.if_changed)
+        # `orchestrator reboot MACHINE` is a request for a reboot: never skipped.
+        asked = self.record.kind is RunKind.REBOOT
+        if need.needed or reboot.when == "always" or asked:
+            why = "requested by `orchestrator reboot`" if asked else "reboot.when is always"
+            reason = need.reason if need.needed else f"{why} ({need.reason})"
+            self.store.record_reboot_reason(self.run_id, name, reason, skipped=False)
+            log.info("%s: reboot needed: %s", name, reason)
+            return True
+        self.store.record_reboot_reason(self.run_id, name, need.reason, skipped=True)
+        log.info("%s: skipped, no reboot needed: %s", name, need.reason)
+        return False
+
+    async def _boot_once(self, name: str, host: Host, record: MachineRecord) -> None:
+        """``reboot.boot_once``: the new generation boots once, the known-good one stays the
+        default, so a machine that hangs on the new one comes back on the old one after a
+        power cycle. Repeated after a kill before the reboot intent (it is idempotent)."""
+        facts = record.facts_before
+        if not self.settings.reboot.boot_once or facts is None or record.nixos is not True:
+            return
+        if not facts.reboot_changes_system:
+            return  # the reboot boots what runs now: nothing to fall back from
+        unavailable = self._helper_unavailable(name)
+        if unavailable is not None:
+            log.warning("warning: %s: boot_once: %s; rebooting normally", name, unavailable)
+            return
+        try:
+            bootloader = await target.boot_once(
+                host, self.settings.target_helper, facts.profile.system
+            )
+        except target.BootloaderUnsupported as exc:
+            log.warning(
+                "warning: %s: boot_once: %s; rebooting into the new generation as the default",
+                name,
+                exc or "neither systemd-boot nor GRUB",
+            )
+            return
+        except target.HelperFailed as exc:
+            raise RunAborted(f"{name}: boot_once: {exc}; nothing was rebooted", name) from None
+        self.store.record_boot_once(self.run_id, name, bootloader)
+        log.info(
+            "%s: boot once (%s): generation %d next boot only, generation %s stays the default",
+            name,
+            bootloader,
+            facts.profile_generation,
+            facts.booted_generation or "?",
+        )
+
+    async def _generation_before(self, name: str, host: Host) -> None:
+        """Record what the machine runs and what its reboot should boot. Never stops the
+        reboot: a machine that is not NixOS, or whose facts cannot be read, gets one warning
+        and is rebooted exactly as without them (its generation checks are skipped)."""
+        if not self.config.machine(name).generations:
+            self.store.record_generation_before(
+                self.run_id, name, generations.NotNixos("generations: false")
+            )
+            log.info("%s: generation checks off (generations: false)", name)
+            return
+        try:
+            facts = await generations.read(host, self.policy.timeouts.command)
+        except generations.FactsUnreadable as exc:
+            log.warning(
+                "warning: %s: cannot read the NixOS generation (%s): generation checks skipped",
+                name,
+                exc,
+            )
+            return
+        self.store.record_generation_before(self.run_id, name, facts)
+        if isinstance(facts, generations.NotNixos):
+            log.warning(
+                "warning: %s: not NixOS (%s): generation checks skipped", name, facts.reason
+            )
+            return
+        log.info(
+            "%s: booted into generation %s (%s); the profile is generation %d (%s)",
+            name,
+            facts.booted_generation or "?",
+            generations.store_name(facts.booted.system),
+            facts.profile_generation,
+            generations.store_name(facts.profile.system),
+        )
+
+    async def _generation_after(self, name: str) -> None:
+        """Record what the machine came back on, once it passed the gate: only for a machine
+        whose facts were read before (the others were warned about once, then)."""
+        if self.record.machine(name).nixos is not True:
+            return
+        try:
+            facts = await generations.read(self.host(name), self.policy.timeouts.command)
+        except generations.FactsUnreadable as exc:
+            log.warning(
+                "warning: %s: cannot read the NixOS generation after the reboot: %s", name, exc
+            )
+            return
+        if isinstance(facts, generations.NotNixos):
+            log.warning("warning: %s: not NixOS after the reboot (%s)", name, facts.reason)
+            return
+        self.store.record_generation_after(self.run_id, name, facts)
+        log.info(
+            "%s: came back on generation %s (%s)",
+            name,
+            facts.booted_generation or "?",
+            generations.store_name(facts.booted.system),
+        )
 
     async def _reboot_under_way(self, name: str, host: Host, boot_id_before: str) -> bool:
         """After an interruption between saving the intent and the next state: did the reboot
@@ -444,17 +631,52 @@ class Engine:
             return True
         return False
 
-    async def verifying(self, name: str | None) -> None:
-        assert name is not None
+    def _gate_target(self, name: str, expected_system: str | None) -> GateTarget:
+        """The machine's gate; on a NixOS machine with one more probe: the booted system."""
+        gate = self.target(name)
+        if expected_system is None:
+            return gate
         record = self.record.machine(name)
-        assert record.boot_id_before is not None
+        known = {
+            system: generation
+            for system, generation in (
+                (record.system_before, record.generation_before),
+                (record.system_expected, record.generation_expected),
+            )
+            if system is not None and generation is not None
+        }
+        check = BootedSystemCheck(expected=expected_system, generations=known)
+        return GateTarget(gate.host, gate.address, (*gate.checks, check))
+
+    async def _await_gate(
+        self,
+        name: str,
+        *,
+        boot_id_before: str,
+        requested_at: datetime | None,
+        expected_system: str | None,
+        rollback: bool,
+    ) -> GateRound:
+        """Wait until the machine passes its gate after a reboot; ``GateFailed`` when it does
+        not within ``reboot.timeout``, or at once when it booted the wrong generation.
+
+        A machine that has a ``power_cycle`` command and has not answered SSH for
+        ``reboot.power_cycle_after`` since the reboot request is power-cycled, once per reboot
+        (the intent is committed first, so a resume never runs it twice)."""
         reboot = self.settings.reboot
+        power_cycle = self.config.machine(name).power_cycle
         started = time.monotonic()
+        # When the machine last answered SSH, in monotonic time: at the latest, the request.
+        waited = (now() - requested_at).total_seconds() if requested_at else 0.0
+        last_answer = [started - max(0.0, waited)]
         last_logged: list[str] = []
+        wrong: list[Probe] = []
 
         async def on_round(result: GateRound) -> None:
             failure = result.first_failure
             summary = "passed" if failure is None else str(failure)
+            if result.boot_id is not None:
+                last_answer[0] = time.monotonic()
             if not last_logged or last_logged[-1] != summary:
                 last_logged.append(summary)
                 self.store.record_probes(self.run_id, name, result.as_json())
@@ -469,24 +691,84 @@ class Engine:
                     "which was rebooted but not yet proven healthy",
                     name,
                 )
+            if result.boot_id not in (None, boot_id_before):
+                # /run/booted-system is fixed for a boot: a wrong one will not come right.
+                wrong[:] = [p for p in result.probes if is_wrong_generation(p)][:1]
+                if wrong:
+                    raise _WrongGeneration()
+            dark_for = time.monotonic() - last_answer[0]
+            if power_cycle and result.boot_id is None and dark_for >= reboot.power_cycle_after:
+                await self._power_cycle(name, power_cycle, dark_for, rollback=rollback)
 
         try:
-            result = await wait_until_healthy(
-                self.target(name),
+            return await wait_until_healthy(
+                self._gate_target(name, expected_system),
                 self._http,
-                boot_id_before=record.boot_id_before,
+                boot_id_before=boot_id_before,
                 policy=self.policy,
                 deadline=started + reboot.timeout,
                 transient=ProbeFailed,
                 on_round=on_round,
             )
+        except _WrongGeneration:
+            probe = wrong[0]
+            failure = f"{name} did not pass the health gate: {probe}"
+            raise GateFailed(failure, str(probe), True) from None
         except GateNotPassed as exc:
             last = exc.last.first_failure if exc.last else None
-            raise RunAborted(
+            raise GateFailed(
                 f"{name} did not pass the health gate within {reboot.timeout:g}s"
                 + (f"; last failing probe: {last}" if last else ""),
-                name,
+                str(last) if last else None,
+                False,
             ) from None
+
+    async def _power_cycle(
+        self, name: str, argv: list[str], dark_for: float, *, rollback: bool
+    ) -> None:
+        record = self.record.machine(name)
+        done = record.rollback_power_cycled_at if rollback else record.power_cycled_at
+        if done is not None:
+            return
+        self._check_abort(f"power-cycling {name}")
+        self.store.record_power_cycle(self.run_id, name, rollback=rollback)
+        log.warning(
+            "%s: no SSH answer for %s since the reboot request: power-cycling it (%s)",
+            name,
+            report.human_duration(dark_for),
+            process.display(argv),
+        )
+        try:
+            result = await process.run(
+                argv,
+                timeout=defaults.POWER_CYCLE_TIMEOUT,
+                cwd=self.config.flake_dir,
+                label=f"power cycle {name}",
+                log_output=True,
+            )
+            result.check()
+        except process.ProcessFailed as exc:
+            # Run once, as promised; the gate goes on waiting in case it worked anyway.
+            log.warning("warning: %s: power cycle: %s", name, exc)
+            return
+        log.info("%s: power cycle done; waiting for the rest of reboot.timeout", name)
+        self.host(name).drop()
+
+    async def verifying(self, name: str | None) -> str | None:
+        assert name is not None
+        record = self.record.machine(name)
+        assert record.boot_id_before is not None
+        expected = record.system_expected if record.nixos else None
+        try:
+            result = await self._await_gate(
+                name,
+                boot_id_before=record.boot_id_before,
+                requested_at=record.reboot_requested_at,
+                expected_system=expected,
+                rollback=False,
+            )
+        except GateFailed as exc:
+            return await self._after_failure(name, exc)
         healthy_at = now()
         self.store.record_healthy(
             self.run_id,
@@ -499,18 +781,176 @@ class Engine:
         log.info(
             "%s: healthy on boot id %s, %.1fs after the reboot request",
             name,
-            result.boot_id,
+            report.short_id(result.boot_id),
             took or 0.0,
         )
+        await self._generation_after(name)
+        await self._make_default(name)
         self.host(name).drop()
         await self._emit(EventKind.MACHINE_HEALTHY, name)
+        return None
 
-    async def settling(self, name: str | None) -> None:
+    async def _make_default(self, name: str) -> None:
+        """After boot-once and a passed gate: the new generation becomes the default."""
+        record = self.record.machine(name)
+        if record.boot_once is None or record.made_default_at is not None:
+            return
+        assert record.system_expected is not None
+        try:
+            await target.make_default(
+                self.host(name), self.settings.target_helper, record.system_expected
+            )
+        except (target.HelperFailed, target.BootloaderUnsupported) as exc:
+            raise RunAborted(
+                f"{name}: healthy on generation {record.generation_expected}, but making it "
+                f"the boot default failed ({exc or 'unsupported bootloader'}); its next "
+                f"reboot would boot generation {record.generation_before} again",
+                name,
+            ) from None
+        self.store.record_made_default(self.run_id, name)
+        log.info("%s: generation %s is the boot default now", name, record.generation_expected)
+
+    async def _after_failure(self, name: str, failed: GateFailed) -> str:
+        """A failed gate ends the rollout at this machine: rolled back first when
+        ``on_failure: rollback``, its facts are known, and SSH still answers."""
+        record = self.record.machine(name)
+        why_not = self._cannot_roll_back(record)
+        if why_not is None:
+            try:
+                await self.host(name).read_boot_id(self.policy.timeouts.command)
+            except ProbeFailed as exc:
+                why_not = f"SSH does not answer ({exc})"
+        if why_not is not None:
+            if self.settings.on_failure == "rollback" and record.nixos is True:
+                raise RunAborted(f"{failed.failure}; not rolled back: {why_not}", name)
+            raise RunAborted(failed.failure, name)
+        failure = (
+            f"generation {record.generation_expected} failed "
+            f"(last probe: {failed.last_probe or 'none'})"
+        )
+        self.store.record_rollback_start(self.run_id, name, failure)
+        log.error("%s: %s; rolling back to generation %s", name, failure, record.generation_before)
+        return ROLL_BACK
+
+    def _helper_unavailable(self, name: str) -> str | None:
+        """Why the target helper cannot run on this machine, if it cannot: on the controller
+        it runs through ``sudo -n`` unless we are root, and a service with NoNewPrivileges
+        (the module's dedicated user) can never gain root that way."""
+        if self.config.machine(name).local and os.geteuid() != 0 and process.no_new_privileges():
+            return "the orchestrator runs with NoNewPrivileges, so sudo cannot run the helper here"
+        return None
+
+    def _cannot_roll_back(self, record: MachineRecord) -> str | None:
+        if self.settings.on_failure != "rollback":
+            return "on_failure is stop"
+        if record.nixos is not True or record.system_before is None:
+            return "its NixOS generation is not known"
+        unavailable = self._helper_unavailable(record.name)
+        if unavailable is not None:
+            return unavailable
+        if record.system_before == record.system_expected:
+            return f"it already boots generation {record.generation_before}'s system"
+        return None
+
+    async def rolling_back(self, name: str | None) -> str | None:
+        """Make the known-good system the boot default again, then reboot into it. Both
+        steps have their intent committed first; the helper is idempotent (a second call
+        makes no second generation), so a resume after a kill rolls back exactly once."""
+        assert name is not None
+        record = self.record.machine(name)
+        host = self.host(name)
+        if record.rollback_requested_at is not None and record.rollback_boot_id_before:
+            if await self._reboot_under_way(name, host, record.rollback_boot_id_before):
+                return None
+            log.info("%s: the rollback reboot never started; requesting it again", name)
+            self._check_abort(f"the rollback reboot of {name}")
+            self.store.record_rollback_reboot_resend(self.run_id, name)
+            await host.request_reboot()
+            return None
+        assert record.system_before is not None
+        self._check_abort(f"rolling back {name}")
+        if record.rollback_done_at is None:
+            try:
+                generation = await target.rollback(
+                    host, self.settings.target_helper, record.system_before
+                )
+            except target.HelperFailed as exc:
+                raise RunAborted(
+                    f"{name}: {record.failure}; rollback failed: {exc}", name
+                ) from None
+            self.store.record_rollback_done(self.run_id, name, generation)
+            log.info(
+                "%s: generation %s's system is the boot default again (profile generation %s)",
+                name,
+                record.generation_before,
+                generation or "?",
+            )
+        try:
+            boot_id = await host.read_boot_id(self.policy.timeouts.command)
+        except ProbeFailed as exc:
+            raise RunAborted(
+                f"{name}: {record.failure}; rolled back, but cannot read the boot id to reboot "
+                f"into it: {exc}",
+                name,
+            ) from None
+        if boot_id is None:
+            raise RunAborted(f"{name}: {record.failure}; rolled back, boot id unreadable", name)
+        self._check_abort(f"the rollback reboot of {name}")
+        self.store.record_rollback_reboot_intent(self.run_id, name, boot_id)
+        log.info(
+            "%s: rebooting into generation %s (boot id %s)",
+            name,
+            record.generation_before,
+            report.short_id(boot_id),
+        )
+        await host.request_reboot()
+        await self._emit(EventKind.MACHINE_REBOOTING, name)
+        return None
+
+    async def verifying_rollback(self, name: str | None) -> str | None:
+        """The same gate, against the known-good system. The run ends ``aborted`` either
+        way: the generation it was deploying failed on this machine."""
+        assert name is not None
+        record = self.record.machine(name)
+        assert record.rollback_boot_id_before is not None
+        try:
+            result = await self._await_gate(
+                name,
+                boot_id_before=record.rollback_boot_id_before,
+                requested_at=record.rollback_requested_at,
+                expected_system=record.system_before,
+                rollback=True,
+            )
+        except GateFailed as exc:
+            raise RunAborted(
+                f"{name}: {record.failure}; rolled back to generation "
+                f"{record.generation_before}, but that did not pass the health gate either "
+                f"({exc.failure.removeprefix(name + ' ')}): {name} needs a human",
+                name,
+            ) from None
+        self.store.record_rollback_healthy(
+            self.run_id, name, boot_id_after=result.boot_id, probes=result.as_json()
+        )
+        took = report.seconds_between(record.rollback_requested_at, now())
+        log.info(
+            "%s: healthy on the rolled-back generation (boot id %s), %.1fs after its reboot",
+            name,
+            report.short_id(result.boot_id),
+            took or 0.0,
+        )
+        await self._generation_after(name)
+        raise RunAborted(
+            f"{name}: {record.failure}; rolled back to generation {record.generation_before}: "
+            "healthy",
+            name,
+        )
+
+    async def settling(self, name: str | None) -> str | None:
         assert name is not None
         settle = self.settings.reboot.settle
         healthy_at = self.record.machine(name).healthy_at
         if settle <= 0 or healthy_at is None:
-            return
+            return None
         # Measured from healthy_at, so a resume does not start the wait over.
         remaining = settle - (now() - healthy_at).total_seconds()
         if remaining > 0:
@@ -519,6 +959,7 @@ class Engine:
             self._check_abort(f"the machine after {name}")
             await asyncio.sleep(min(remaining, self.settings.reboot.poll_interval))
             remaining = settle - (now() - healthy_at).total_seconds()
+        return None
 
 
 async def report_end(store: Store, record: RunRecord, events: EventPoint) -> None:
@@ -562,7 +1003,8 @@ async def _drive(
         return None
     names = [only] if only else list(config.machine_order)
     machines = [(name, config.machine(name).local) for name in names]
-    run = store.create_run(start, machines, config.path)
+    per_machine = start is RunKind.NIGHTLY and config.settings.deploy.mode == "per-machine"
+    run = store.create_run(start, machines, config.path, per_machine_deploy=per_machine)
     logs.set_run_context(run.run_id, run.state)
     log.info("run %d: %s run of %s", run.run_id, start.value, " -> ".join(names))
     return await Engine(config, store, run, events).drive(resumed=False)
@@ -617,7 +1059,13 @@ async def _abort_idle(config_path: Path, store: Store, run: RunRecord) -> str:
     message = f"aborted on request (orchestrator abort) in {run.state}"
     store.request_abort(run.run_id)
     model = RunModel()
-    build_machine(model, run.kind, run.machine_names, initial=run.state)
+    build_machine(
+        model,
+        run.kind,
+        run.machine_names,
+        initial=run.state,
+        per_machine_deploy=run.per_machine_deploy,
+    )
     await model.abort()
     store.set_state(run.run_id, model.state, error=message)
     done = f"run {run.run_id} aborted (no orchestrator was running it)"

@@ -125,8 +125,9 @@ def _families(summary: RunSummary, store: Store) -> Iterator[Metric]:
 
     family = gauge(
         "machine_last_outcome",
-        "1 for the machine's outcome in the latest run it was part of (pending, rebooting, "
-        "verifying, settling, healthy, failed, unverified, untouched).",
+        "1 for the machine's outcome in the latest run it was part of ("
+        + ", ".join(outcome.value for outcome in report.Outcome)
+        + ").",
         ["machine", "outcome"],
     )
     for machine, outcome in sorted(_machine_outcomes(summary, store).items()):

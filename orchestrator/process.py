@@ -478,3 +478,16 @@ async def end_group(pgid: int, grace: float = KILL_GRACE) -> bool:
         if await _until_gone(pgid, grace):
             return True
     return False
+
+
+def no_new_privileges() -> bool:
+    """Whether this process runs with NoNewPrivileges (``/proc/self/status``): then no
+    setuid program, sudo included, can give it root."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("NoNewPrivs:"):
+                    return line.split(":", 1)[1].strip() == "1"
+    except OSError:
+        pass
+    return False

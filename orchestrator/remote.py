@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import socket
 import time
@@ -272,6 +273,7 @@ class Host(Protocol):
     async def read_boot_id(self, timeout: float) -> str | None: ...
     async def system_state(self, timeout: float) -> str: ...
     async def request_reboot(self) -> None: ...
+    def as_root(self, argv: Sequence[str]) -> list[str]: ...
     def drop(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -388,6 +390,8 @@ class SshHost:
         deadline = time.monotonic() + timeout
         command, script = remote_command(argv)
         shown = from_host(process.display(argv), 200)
+        # --debug shows every command a machine is sent, argv as it runs there.
+        log.debug("%s: run %s", self.name, from_host(process.display(argv), 2000))
         conn = await self._connection(timeout)
         # stderr is only ever an explanation, and login-shell noise (a locale warning from a
         # dotfile) must not make a 37-byte boot id "too long": it gets at least STDERR_CAP.
@@ -463,6 +467,11 @@ class SshHost:
             head = exc.head.strip()[:STATE_SHOWN]
             return from_host(f"not a state: more than {exc.limit} bytes: {head}", STATE_SHOWN)
         return state_word(result.stdout, result.stderr, result.returncode)
+
+    def as_root(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` as root on this machine: through ``sudo -n`` unless the SSH user is root
+        (the target's sudo rules name each such command exactly; see nix/target.nix)."""
+        return list(argv) if self.endpoint.user == "root" else ["sudo", "-n", *argv]
 
     async def request_reboot(self) -> None:
         """Send the reboot command. Its exit code decides; a connection that drops (or a
@@ -580,6 +589,9 @@ class LocalHost:
     async def system_state(self, timeout: float) -> str:
         result = await self.run(self.state_command, timeout, STATE_MAX_OUTPUT)
         return state_word(result.stdout, result.stderr, result.returncode)
+
+    def as_root(self, argv: Sequence[str]) -> list[str]:
+        return list(argv) if os.geteuid() == 0 else ["sudo", "-n", *argv]
 
     async def request_reboot(self) -> None:
         try:

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any, TextIO
 
 from health_checks.text import from_host
+from orchestrator.generations import GenerationFacts, store_name
 from orchestrator.states import Phase, StateName, machine_state
 from orchestrator.store import MachineRecord, RunRecord, iso, now
 
@@ -27,10 +28,15 @@ STATUS_NOTE_MAX = 2048  # one machine's notes or one error, as shown by status a
 
 class Outcome(StrEnum):
     PENDING = "pending"  # the run has not reached it yet
+    DEPLOYING = "deploying"  # deploy.mode: per-machine
     REBOOTING = "rebooting"
     VERIFYING = "verifying"
     SETTLING = "settling"
+    ROLLING_BACK = "rolling-back"
+    VERIFYING_ROLLBACK = "verifying-rollback"
     HEALTHY = "healthy"  # rebooted and proven back
+    SKIPPED = "skipped"  # reboot.when: if-needed, nothing new to boot
+    ROLLED_BACK = "rolled-back"  # failed, then proven back on the known-good generation
     FAILED = "failed"  # stopped the rollout
     UNVERIFIED = "unverified"  # reboot requested, run ended before it was proven back
     UNTOUCHED = "untouched"  # the run ended before reaching it
@@ -40,12 +46,25 @@ def machine_outcome(run: RunRecord, machine: MachineRecord) -> Outcome:
     if run.state == Phase.ABORTED.value:
         if machine.healthy_at is not None:
             return Outcome.HEALTHY
+        if machine.rollback_healthy_at is not None:
+            return Outcome.ROLLED_BACK
         if machine.error:
             return Outcome.FAILED
+        if machine.skipped:
+            return Outcome.SKIPPED
         if machine.reboot_requested_at is not None:
             return Outcome.UNVERIFIED
         return Outcome.UNTOUCHED
-    return Outcome(machine_state(run.state, run.kind, run.machine_names, machine.name))
+    state = machine_state(
+        run.state,
+        run.kind,
+        run.machine_names,
+        machine.name,
+        per_machine_deploy=run.per_machine_deploy,
+    )
+    if state == Outcome.HEALTHY and machine.skipped:
+        return Outcome.SKIPPED
+    return Outcome(state)
 
 
 def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
@@ -66,6 +85,21 @@ class MachineSummary:
     reboot_to_healthy_s: float | None
     error: str | None
     last_failing_probe: str | None
+    # Generation facts (see generations.py): None where unknown; nixos False: not NixOS.
+    nixos: bool | None = None
+    generation_before: int | None = None
+    generation_expected: int | None = None
+    generation_after: int | None = None
+    system_before: str | None = None
+    system_expected: str | None = None
+    system_after: str | None = None
+    # Why it was rebooted or skipped, and its side roads (schema 5).
+    reboot_reason: str | None = None
+    boot_once: str | None = None
+    power_cycled: bool = False
+    failure: str | None = None  # the gate failure that led to a rollback
+    rollback_generation: int | None = None
+    rolled_back_healthy_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,10 +138,24 @@ def summarize(run: RunRecord) -> RunSummary:
             reboot_to_healthy_s=seconds_between(machine.reboot_requested_at, machine.healthy_at),
             error=machine.error,
             last_failing_probe=_failing_probe(machine),
+            nixos=machine.nixos,
+            generation_before=machine.generation_before,
+            generation_expected=machine.generation_expected,
+            generation_after=machine.generation_after,
+            system_before=machine.system_before,
+            system_expected=machine.system_expected,
+            system_after=machine.system_after,
+            reboot_reason=machine.reboot_reason,
+            boot_once=machine.boot_once,
+            power_cycled=machine.power_cycled_at is not None
+            or machine.rollback_power_cycled_at is not None,
+            failure=machine.failure,
+            rollback_generation=machine.rollback_generation,
+            rolled_back_healthy_at=iso(machine.rollback_healthy_at),
         )
         for machine in run.machines
     )
-    stopped_by = (Outcome.FAILED.value, Outcome.UNVERIFIED.value)
+    stopped_by = (Outcome.FAILED.value, Outcome.UNVERIFIED.value, Outcome.ROLLED_BACK.value)
     failed = next((m.name for m in machines if m.outcome in stopped_by), None)
     return RunSummary(
         run_id=run.run_id,
@@ -120,6 +168,27 @@ def summarize(run: RunRecord) -> RunSummary:
         failed_machine=failed if run.state == Phase.ABORTED.value else None,
         machines=machines,
     )
+
+
+def generation_change(machine: Mapping[str, Any]) -> str:
+    """A machine's generations in a few columns, from its ``status_json`` entry (or a
+    ``MachineSummary`` as a dict): ``142 → 143`` once it is back on one, ``142 → 143?``
+    while the profile's is only expected, ``not NixOS``, or empty when nothing was read.
+    ``?`` stands for a number not known (a booted system that no generation names)."""
+    if machine["nixos"] is None:
+        return ""
+    if not machine["nixos"]:
+        return "not NixOS"
+
+    def number(value: int | None) -> str:
+        return "?" if value is None else str(value)
+
+    before = number(machine["generation_before"])
+    if machine.get("skipped"):
+        return before
+    if machine["system_after"] is not None:
+        return f"{before} → {number(machine['generation_after'])}"
+    return f"{before} → {number(machine['generation_expected'])}?"
 
 
 def summary_lines(summary: RunSummary) -> list[str]:
@@ -135,8 +204,19 @@ def summary_lines(summary: RunSummary) -> list[str]:
                 f"(boot id {short_id(machine.boot_id_before)} -> "
                 f"{short_id(machine.boot_id_after)})"
             )
-        elif machine.outcome == Outcome.FAILED:
-            detail = f": {machine.error}"
+            if machine.nixos and machine.system_after is not None:
+                change = generation_change(asdict(machine)).replace("→", "->")
+                names = f"{store_name(machine.system_before)} -> {store_name(machine.system_after)}"
+                detail += f"; generation {change} ({names})"
+            elif machine.nixos is False:
+                detail += "; not NixOS"
+            if machine.reboot_reason:
+                detail += f"; {machine.reboot_reason}"
+        elif machine.outcome == Outcome.SKIPPED:
+            detail = f": {machine.reboot_reason}" if machine.reboot_reason else ""
+        elif machine.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK):
+            # The engine's errors begin with the machine's name; once is enough.
+            detail = f": {(machine.error or '').removeprefix(machine.name + ': ')}"
         elif machine.outcome == Outcome.UNVERIFIED:
             detail = ": reboot requested, not proven back"
         lines.append(f"{machine.name}: {machine.outcome}{detail}")
@@ -187,10 +267,38 @@ def status_json(run: RunRecord | None, since: datetime | None = None) -> dict[st
                 "host_key": machine.host_key,
                 "error": machine.error,
                 "last_probes": machine.last_probes,
+                "nixos": machine.nixos,
+                "generation_before": machine.generation_before,
+                "generation_expected": machine.generation_expected,
+                "generation_after": machine.generation_after,
+                "system_before": machine.system_before,
+                "system_expected": machine.system_expected,
+                "system_after": machine.system_after,
+                "kernel_before": _kernel(machine.facts_before, "booted"),
+                "kernel_expected": _kernel(machine.facts_before, "profile"),
+                "kernel_after": _kernel(machine.facts_after, "booted"),
+                "reboot_reason": machine.reboot_reason,
+                "skipped": machine.skipped,
+                "deployed_at": iso(machine.deployed_at),
+                "boot_once": machine.boot_once,
+                "made_default_at": iso(machine.made_default_at),
+                "power_cycled_at": iso(machine.power_cycled_at),
+                "failure": machine.failure,
+                "rollback_generation": machine.rollback_generation,
+                "rollback_requested_at": iso(machine.rollback_requested_at),
+                "rollback_power_cycled_at": iso(machine.rollback_power_cycled_at),
+                "rollback_boot_id_after": machine.rollback_boot_id_after,
+                "rollback_healthy_at": iso(machine.rollback_healthy_at),
             }
             for machine, brief in zip(run.machines, summary.machines, strict=True)
         ],
     }
+
+
+def _kernel(facts: GenerationFacts | None, side: str) -> str | None:
+    if facts is None:
+        return None
+    return (facts.booted if side == "booted" else facts.profile).kernel
 
 
 # --- the text of `status` and `history`: plain lines that fit the terminal ---------------------
@@ -208,6 +316,11 @@ _STATE_COLOURS = {
     Outcome.REBOOTING: "33",
     Outcome.VERIFYING: "33",
     Outcome.SETTLING: "33",
+    Outcome.DEPLOYING: "33",
+    Outcome.ROLLING_BACK: "31",
+    Outcome.VERIFYING_ROLLBACK: "31",
+    Outcome.ROLLED_BACK: "31",
+    Outcome.SKIPPED: "32",
     Outcome.PENDING: "2",
     Outcome.UNTOUCHED: "2",
 }
@@ -355,6 +468,9 @@ def _notes(machine: dict[str, Any], run_error: str | None) -> str:
     if machine["error"] is not None and machine["error"] == run_error:
         return "the error above"  # the engine records a machine's abort for both
     notes = machine["error"] or "; ".join(failing) or (f"{len(probes)} ok" if probes else "")
+    if machine["reboot_reason"] and not machine["error"] and not failing:
+        # Why it was rebooted (or skipped): what a finished run's reader asks first.
+        notes = machine["reboot_reason"] + (f"; {notes}" if notes else "")
     # Escaped again on display: a run stored by an older version may hold raw host text.
     return from_host(notes, limit=STATUS_NOTE_MAX)
 
@@ -369,13 +485,14 @@ def _now(run: RunRecord, since: datetime | None, at: datetime) -> str:
         Phase.PREFLIGHT: "probing every machine",
         Phase.UPDATING: "running the update command",
         Phase.DEPLOYING: "running the deploy command",
+        Phase.ROLLING_BACK: "making the known-good generation the boot default again",
     }.get(state.phase, "")
     if state.machine is not None:
         machine = run.machine(state.machine)
         if state.phase is Phase.REBOOTING:
             sent = machine.reboot_requested_at
             detail = f"reboot sent at {local_time(sent, at)}" if sent else "sending the reboot"
-        elif state.phase is Phase.VERIFYING:
+        elif state.phase in (Phase.VERIFYING, Phase.VERIFYING_ROLLBACK):
             failing = _failing_probe(machine)
             probes = machine.last_probes
             detail = (
@@ -440,36 +557,46 @@ def status_lines(
 def _table(data: dict[str, Any], width: int, colour: bool) -> tuple[list[str], bool]:
     """The machine table, and whether a note was cut."""
     rows = []
+    # The generation column only when some machine's facts were read: a run of machines
+    # that are not NixOS says so; a run from before schema 4 looks as it always did.
+    generations = any(machine["nixos"] is not None for machine in data["machines"])
     for machine in data["machines"]:
         ids = short_id(machine["boot_id_before"])
-        if machine["boot_id_after"]:
-            ids += f" → {short_id(machine['boot_id_after'])}"
+        after = machine["boot_id_after"] or machine["rollback_boot_id_after"]
+        if after:
+            ids += f" → {short_id(after)}"
         took = machine["reboot_to_healthy_s"]
-        rows.append(
-            (
-                machine["name"] + (" (local)" if machine["local"] else ""),
-                machine["state"],
-                ids,
-                human_duration(took) if took is not None else "",
-                _notes(machine, data["error"]),
-            )
-        )
-    header = ("machine", "state", "boot id", "reboot", "probes / error")
-    widths = [max(cells(row[column]) for row in [header, *rows]) for column in range(4)]
-    # The machine column gives way first (names are cut with …), so a row always fits.
-    fixed = sum(widths[1:]) + 2 * 4
-    widths[0] = min(widths[0], max(8, width - fixed - MIN_NOTE_ROOM))
-    room = width - sum(widths) - 2 * 4
+        row = [
+            machine["name"] + (" (local)" if machine["local"] else ""),
+            machine["state"],
+            ids,
+            *([generation_change(machine)] if generations else []),
+            human_duration(took) if took is not None else "",
+            _notes(machine, data["error"]),
+        ]
+        rows.append(row)
+    header = ["machine", "state", "boot id", *(["gen"] if generations else []), "reboot"]
+    header.append("probes / error")
+    columns = len(header) - 1  # the notes, last, are not a column but the rest of the line
+    widths = [max(cells(row[column]) for row in [header, *rows]) for column in range(columns)]
+    # The machine column gives way first (names are cut with …), so a row always fits; it
+    # leaves room beside the rows for the short notes ("3 ok") only: a long note goes under
+    # its row anyway, and cutting every name to make room for it would gain nothing.
+    fixed = sum(widths[1:]) + 2 * columns
+    short_notes = [cells(row[columns]) for row in rows if cells(row[columns]) <= MIN_NOTE_ROOM]
+    reserve = max(short_notes, default=0)
+    widths[0] = min(widths[0], max(8, width - fixed - reserve))
+    room = width - sum(widths) - 2 * columns
     lines: list[str] = []
     cut = False
     for index, row in enumerate([header, *rows]):
-        cols = [_fit(text, widths[column]) for column, text in enumerate(row[:4])]
+        cols = [_fit(text, widths[column]) for column, text in enumerate(row[:columns])]
         padded = [text + " " * (widths[column] - cells(text)) for column, text in enumerate(cols)]
         if index == 0:
             padded = [paint(text, "1", colour) for text in padded]
         elif colour:
             padded[1] = paint(padded[1], _STATE_COLOURS.get(Outcome(row[1]), "0"), True)
-        note = row[4]
+        note = row[columns]
         line = "  ".join(padded)
         if index == 0 and cells(note) > room:
             note = ""  # a terminal too narrow for notes beside the rows: they go under them

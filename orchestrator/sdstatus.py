@@ -65,6 +65,8 @@ def state_text(summary: RunSummary, update: Sequence[str] = (), deploy: Sequence
             text = f"preflight: probing {_machines(len(names))}"
         case Phase.UPDATING:
             text = _step("updating", update)
+        case Phase.DEPLOYING if machine:
+            text = f"deploying {machine}"
         case Phase.DEPLOYING:
             text = _step("deploying", deploy)
         case Phase.REBOOTING:
@@ -72,6 +74,10 @@ def state_text(summary: RunSummary, update: Sequence[str] = (), deploy: Sequence
             text = f"rebooting {machine} ({position} of {len(names)})"
         case Phase.VERIFYING | Phase.SETTLING:
             text = f"{state.phase} {machine}"
+        case Phase.ROLLING_BACK:
+            text = f"rolling back {machine}: its new generation failed the gate"
+        case Phase.VERIFYING_ROLLBACK:
+            text = f"verifying {machine} on the rolled-back generation"
         case Phase.DONE:
             took = "" if summary.duration_s is None else f" in {duration(summary.duration_s)}"
             text = f"done: {_machines(len(names))}{took}"

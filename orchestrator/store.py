@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from orchestrator import files
 from orchestrator.errors import StoreError
+from orchestrator.generations import GenerationFacts, NotNixos
 from orchestrator.states import FINAL_STATES, Phase, RunKind, all_states
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 STORE_FILE = "state.db"
 
 _SCHEMA = """
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS runs (
     step_pgid INTEGER,
     step_leader_start INTEGER,
     step_boot_id TEXT,
-    step_token TEXT
+    step_token TEXT,
+    deploy_mode TEXT
 );
 CREATE TABLE IF NOT EXISTS machines (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -56,6 +58,31 @@ CREATE TABLE IF NOT EXISTS machines (
     healthy_at TEXT,
     error TEXT,
     last_probes TEXT,
+    nixos INTEGER,
+    generation_before INTEGER,
+    generation_expected INTEGER,
+    generation_after INTEGER,
+    system_before TEXT,
+    system_expected TEXT,
+    system_after TEXT,
+    facts_before TEXT,
+    facts_after TEXT,
+    reboot_reason TEXT,
+    skipped_at TEXT,
+    deployed_at TEXT,
+    boot_once TEXT,
+    made_default_at TEXT,
+    power_cycled_at TEXT,
+    failure TEXT,
+    rollback_started_at TEXT,
+    rollback_done_at TEXT,
+    rollback_generation INTEGER,
+    rollback_boot_id_before TEXT,
+    rollback_requested_at TEXT,
+    rollback_requests INTEGER NOT NULL DEFAULT 0,
+    rollback_power_cycled_at TEXT,
+    rollback_boot_id_after TEXT,
+    rollback_healthy_at TEXT,
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -152,6 +179,22 @@ def _probes(value: object) -> list[dict[str, Any]]:
     return probes
 
 
+def _optional_integer(value: object) -> int | None:
+    return None if value is None else _integer(value)
+
+
+def _optional_flag(value: object) -> bool | None:
+    if value is None:
+        return None
+    if value not in (0, 1) or isinstance(value, bool):
+        raise ValueError("not 0 or 1")
+    return bool(value)
+
+
+def _facts(value: object) -> GenerationFacts | None:
+    return None if value is None else GenerationFacts.from_json(json.loads(_text(value)))
+
+
 def _owner(path: Path) -> str:
     try:
         return f" (uid {path.stat().st_uid})"
@@ -169,9 +212,9 @@ def _step_process(row: sqlite3.Row) -> StepProcess:
     )
 
 
-def _state(value: object, kind: RunKind, machines: list[str]) -> str:
+def _state(value: object, kind: RunKind, machines: list[str], per_machine_deploy: bool) -> str:
     state = _text(value)
-    if state not in all_states(kind, machines):
+    if state not in all_states(kind, machines, per_machine_deploy=per_machine_deploy):
         raise ValueError("not a state of this run")
     return state
 
@@ -190,6 +233,38 @@ class MachineRecord:
     healthy_at: datetime | None
     error: str | None
     last_probes: list[dict[str, Any]]
+    # Generation facts (schema 4; see generations.py). ``nixos``: None until read (or when
+    # they could not be read), False for a machine that is not NixOS, True otherwise.
+    nixos: bool | None = None
+    generation_before: int | None = None  # the profile generation it was booted into
+    generation_expected: int | None = None  # the profile's generation: what it should boot
+    generation_after: int | None = None  # the profile generation it came back on
+    system_before: str | None = None  # /run/booted-system before the reboot
+    system_expected: str | None = None  # the profile's system before the reboot
+    system_after: str | None = None  # /run/booted-system once healthy again
+    facts_before: GenerationFacts | None = None  # everything read, kernels included
+    facts_after: GenerationFacts | None = None
+    # Schema 5: why it was rebooted or skipped, and its side roads (see states.py).
+    reboot_reason: str | None = None  # `kernel: linux-6.12.1 → linux-6.12.3`, or why skipped
+    skipped_at: datetime | None = None  # reboot.when: if-needed found nothing to boot
+    deployed_at: datetime | None = None  # deploy.mode: per-machine, its deploy succeeded
+    boot_once: str | None = None  # the bootloader that boots the new generation once
+    made_default_at: datetime | None = None  # boot_once: the new generation made the default
+    power_cycled_at: datetime | None = None  # intent: the power_cycle command may have run
+    failure: str | None = None  # why its gate failed, when that led to a rollback
+    rollback_started_at: datetime | None = None  # intent: the helper may have run
+    rollback_done_at: datetime | None = None
+    rollback_generation: int | None = None  # the profile generation the rollback made
+    rollback_boot_id_before: str | None = None
+    rollback_requested_at: datetime | None = None  # intent: the second reboot may be sent
+    rollback_requests: int = 0
+    rollback_power_cycled_at: datetime | None = None
+    rollback_boot_id_after: str | None = None
+    rollback_healthy_at: datetime | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.skipped_at is not None
 
 
 @dataclass(frozen=True)
@@ -220,6 +295,8 @@ class RunRecord:
     end_reported_at: datetime | None = None
     # The update/deploy step's process group while it runs (schema 3); None otherwise.
     step_process: StepProcess | None = None
+    # Schema 5: `deploy.mode: per-machine` when the run began (its state table depends on it).
+    per_machine_deploy: bool = False
 
     @property
     def finished(self) -> bool:
@@ -411,18 +488,37 @@ class Store:
                 # resume can end the one a killed orchestrator left behind.
                 for column in _STEP_COLUMNS:
                     db.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+            if version < 4:
+                # Version 4 remembers each machine's NixOS generation before and after its
+                # reboot; machines of older runs have none (NULL: never read).
+                for column in _GENERATION_COLUMNS:
+                    db.execute(f"ALTER TABLE machines ADD COLUMN {column}")
+            if version < 5:
+                # Version 5: the deploy mode a run began with (its states depend on it; older
+                # runs deployed all at once) and each machine's reboot reason and side roads
+                # (skip, boot once, power cycle, rollback): none for older runs.
+                db.execute("ALTER TABLE runs ADD COLUMN deploy_mode TEXT")
+                for column in _SIDE_ROAD_COLUMNS:
+                    db.execute(f"ALTER TABLE machines ADD COLUMN {column}")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     # -- runs ---------------------------------------------------------------------------------
 
     def create_run(
-        self, kind: RunKind, machines: Sequence[tuple[str, bool]], config_path: Path
+        self,
+        kind: RunKind,
+        machines: Sequence[tuple[str, bool]],
+        config_path: Path,
+        *,
+        per_machine_deploy: bool = False,
     ) -> RunRecord:
         started = iso(now())
+        deploy_mode = "per-machine" if per_machine_deploy else None
         with self._write() as db:
             cursor = db.execute(
-                "INSERT INTO runs (kind, state, started_at, config_path) VALUES (?, ?, ?, ?)",
-                (kind.value, Phase.PREFLIGHT.value, started, str(config_path)),
+                "INSERT INTO runs (kind, state, started_at, config_path, deploy_mode)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (kind.value, Phase.PREFLIGHT.value, started, str(config_path), deploy_mode),
             )
             run_id = cursor.lastrowid
             assert run_id is not None
@@ -522,6 +618,113 @@ class Store:
                 (boot_id_before, host_key, iso(now()), run_id, name),
             )
 
+    def record_generation_before(
+        self, run_id: int, name: str, facts: GenerationFacts | NotNixos
+    ) -> None:
+        """What the machine was booted into and what its reboot should boot, read just
+        before its reboot intent is saved; or that it is not NixOS."""
+        if isinstance(facts, NotNixos):
+            values: tuple[object, ...] = (0, None, None, None, None)
+        else:
+            values = (
+                1,
+                facts.booted_generation,
+                facts.profile_generation,
+                facts.booted.system,
+                facts.profile.system,
+            )
+        facts_json = None if isinstance(facts, NotNixos) else json.dumps(facts.as_json())
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET nixos=?, generation_before=?, generation_expected=?,"
+                " system_before=?, system_expected=?, facts_before=?"
+                " WHERE run_id=? AND name=?",
+                (*values, facts_json, run_id, name),
+            )
+
+    def record_generation_after(self, run_id: int, name: str, facts: GenerationFacts) -> None:
+        """What the machine came back on, read once it passed the health gate."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET generation_after=?, system_after=?, facts_after=?"
+                " WHERE run_id=? AND name=?",
+                (
+                    facts.booted_generation,
+                    facts.booted.system,
+                    json.dumps(facts.as_json()),
+                    run_id,
+                    name,
+                ),
+            )
+
+    def _update_machine(self, run_id: int, name: str, **values: object) -> None:
+        """One committed update of a machine's row; the column names are this module's own
+        (``_SIDE_ROAD_FIELDS``), never from input."""
+        assert set(values) <= set(_SIDE_ROAD_FIELDS), set(values) - set(_SIDE_ROAD_FIELDS)
+        assignments = ", ".join(f"{column}=?" for column in values)
+        stored = [iso(v) if isinstance(v, datetime) else v for v in values.values()]
+        with self._write() as db:
+            db.execute(
+                f"UPDATE machines SET {assignments} WHERE run_id=? AND name=?",
+                (*stored, run_id, name),
+            )
+
+    def record_reboot_reason(
+        self, run_id: int, name: str, reason: str | None, *, skipped: bool
+    ) -> None:
+        """Why the machine is rebooted, or why not (then it is skipped)."""
+        self._update_machine(
+            run_id, name, reboot_reason=reason, skipped_at=now() if skipped else None
+        )
+
+    def record_deployed(self, run_id: int, name: str) -> None:
+        self._update_machine(run_id, name, deployed_at=now())
+
+    def record_boot_once(self, run_id: int, name: str, bootloader: str) -> None:
+        self._update_machine(run_id, name, boot_once=bootloader)
+
+    def record_made_default(self, run_id: int, name: str) -> None:
+        self._update_machine(run_id, name, made_default_at=now())
+
+    def record_power_cycle(self, run_id: int, name: str, *, rollback: bool) -> None:
+        """The intent, committed before the command runs: it runs at most once per reboot."""
+        column = "rollback_power_cycled_at" if rollback else "power_cycled_at"
+        self._update_machine(run_id, name, **{column: now()})
+
+    def record_rollback_start(self, run_id: int, name: str, failure: str) -> None:
+        """The intent, committed before the helper runs (which may then have run)."""
+        self._update_machine(run_id, name, failure=failure, rollback_started_at=now())
+
+    def record_rollback_done(self, run_id: int, name: str, generation: int | None) -> None:
+        self._update_machine(run_id, name, rollback_done_at=now(), rollback_generation=generation)
+
+    def record_rollback_reboot_intent(self, run_id: int, name: str, boot_id_before: str) -> None:
+        """Like ``record_reboot_intent``, for the reboot onto the rolled-back generation."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET rollback_boot_id_before=?, rollback_requested_at=?,"
+                " rollback_requests=rollback_requests+1 WHERE run_id=? AND name=?",
+                (boot_id_before, iso(now()), run_id, name),
+            )
+
+    def record_rollback_reboot_resend(self, run_id: int, name: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET rollback_requested_at=?,"
+                " rollback_requests=rollback_requests+1 WHERE run_id=? AND name=?",
+                (iso(now()), run_id, name),
+            )
+
+    def record_rollback_healthy(
+        self, run_id: int, name: str, *, boot_id_after: str | None, probes: list[dict[str, object]]
+    ) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE machines SET rollback_boot_id_after=?, rollback_healthy_at=?,"
+                " last_probes=? WHERE run_id=? AND name=?",
+                (boot_id_after, iso(now()), json.dumps(probes), run_id, name),
+            )
+
     def record_step_process(self, run_id: int, step: StepProcess) -> None:
         """Committed right after the update/deploy command starts, before it does anything
         that matters: a resume after a kill finds the group and ends it first."""
@@ -580,15 +783,35 @@ class Store:
                     healthy_at=field(machine, "machines", "healthy_at", _timestamp),
                     error=field(machine, "machines", "error", _optional_text),
                     last_probes=field(machine, "machines", "last_probes", _probes),
+                    nixos=field(machine, "machines", "nixos", _optional_flag),
+                    generation_before=field(
+                        machine, "machines", "generation_before", _optional_integer
+                    ),
+                    generation_expected=field(
+                        machine, "machines", "generation_expected", _optional_integer
+                    ),
+                    generation_after=field(
+                        machine, "machines", "generation_after", _optional_integer
+                    ),
+                    system_before=field(machine, "machines", "system_before", _optional_text),
+                    system_expected=field(machine, "machines", "system_expected", _optional_text),
+                    system_after=field(machine, "machines", "system_after", _optional_text),
+                    facts_before=field(machine, "machines", "facts_before", _facts),
+                    facts_after=field(machine, "machines", "facts_after", _facts),
+                    **{
+                        column: field(machine, "machines", column, parse)
+                        for column, parse in _SIDE_ROAD_FIELDS.items()
+                    },
                 )
                 for machine in machines
             )
             names = [machine.name for machine in machine_records]
             step_pgid = row["step_pgid"] if "step_pgid" in columns else None
+            per_machine = field(row, "runs", "deploy_mode", _deploy_mode)
             return RunRecord(
                 run_id=run_id,
                 kind=kind,
-                state=field(row, "runs", "state", lambda v: _state(v, kind, names)),
+                state=field(row, "runs", "state", lambda v: _state(v, kind, names, per_machine)),
                 started_at=field(row, "runs", "started_at", _required_timestamp),
                 finished_at=field(row, "runs", "finished_at", _timestamp),
                 error=field(row, "runs", "error", _optional_text),
@@ -599,6 +822,7 @@ class Store:
                 step_process=None
                 if step_pgid is None
                 else field(row, "runs", "step_pgid", lambda _: _step_process(row)),
+                per_machine_deploy=per_machine,
             )
 
     def latest_run(self) -> RunRecord | None:
@@ -700,10 +924,77 @@ class Store:
         return {_text(name): _integer(run_id) for name, run_id in rows}
 
 
-_READABLE_VERSIONS = (1, 2, SCHEMA_VERSION)  # readers never migrate; a run does on its next start
+_READABLE_VERSIONS = (
+    1,
+    2,
+    3,
+    4,
+    SCHEMA_VERSION,
+)  # readers never migrate; a run does on its next start
 _STEP_COLUMNS = (
     "step_pgid INTEGER",
     "step_leader_start INTEGER",
     "step_boot_id TEXT",
     "step_token TEXT",
 )
+_GENERATION_COLUMNS = (
+    "nixos INTEGER",
+    "generation_before INTEGER",
+    "generation_expected INTEGER",
+    "generation_after INTEGER",
+    "system_before TEXT",
+    "system_expected TEXT",
+    "system_after TEXT",
+    "facts_before TEXT",
+    "facts_after TEXT",
+)
+_SIDE_ROAD_COLUMNS = (
+    "reboot_reason TEXT",
+    "skipped_at TEXT",
+    "deployed_at TEXT",
+    "boot_once TEXT",
+    "made_default_at TEXT",
+    "power_cycled_at TEXT",
+    "failure TEXT",
+    "rollback_started_at TEXT",
+    "rollback_done_at TEXT",
+    "rollback_generation INTEGER",
+    "rollback_boot_id_before TEXT",
+    "rollback_requested_at TEXT",
+    "rollback_requests INTEGER NOT NULL DEFAULT 0",
+    "rollback_power_cycled_at TEXT",
+    "rollback_boot_id_after TEXT",
+    "rollback_healthy_at TEXT",
+)
+
+
+def _deploy_mode(value: object) -> bool:
+    if value is None:
+        return False
+    if value != "per-machine":
+        raise ValueError("not per-machine")
+    return True
+
+
+def _requests(value: object) -> int:
+    return 0 if value is None else _integer(value)
+
+
+_SIDE_ROAD_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "reboot_reason": _optional_text,
+    "skipped_at": _timestamp,
+    "deployed_at": _timestamp,
+    "boot_once": _optional_text,
+    "made_default_at": _timestamp,
+    "power_cycled_at": _timestamp,
+    "failure": _optional_text,
+    "rollback_started_at": _timestamp,
+    "rollback_done_at": _timestamp,
+    "rollback_generation": _optional_integer,
+    "rollback_boot_id_before": _optional_text,
+    "rollback_requested_at": _timestamp,
+    "rollback_requests": _requests,
+    "rollback_power_cycled_at": _timestamp,
+    "rollback_boot_id_after": _optional_text,
+    "rollback_healthy_at": _timestamp,
+}

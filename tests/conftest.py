@@ -82,12 +82,19 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., LabThread]]:
         names: list[str] | None = None,
         behaviour: Behaviour | None = None,
         host_class: type[SimHost] = SimHost,
+        *,
+        nixos: bool = False,
     ) -> LabThread:
         class Lab(SimLab):
             def make_host(self, name: str, behaviour: Behaviour) -> SimHost:
                 return host_class(name, self, behaviour)
 
-        lab = Lab(tmp_path / f"lab{len(labs)}", names or ["alpha", "bravo", "charlie"], behaviour)
+        lab = Lab(
+            tmp_path / f"lab{len(labs)}",
+            names or ["alpha", "bravo", "charlie"],
+            behaviour,
+            nixos=nixos,
+        )
         labs.append(LabThread(lab))
         return labs[-1]
 

@@ -6,6 +6,8 @@ Only addresses, keys, paths, commands and timings differ from a production confi
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import subprocess
 import time
 from collections import Counter
@@ -113,3 +115,54 @@ def assert_each_healthy_before_the_next_was_asked(lab: Lab, order: list[str]) ->
         healthy = first_event(lab, previous, "healthy")["t"]
         asked = first_event(lab, following, "reboot_requested")["t"]
         assert healthy < asked, f"{following} was asked to reboot before {previous} was healthy"
+
+
+# -- what the owner sees ------------------------------------------------------------------------
+
+
+def status_json(config: Path) -> dict[str, Any]:
+    """`orchestrator status --json`, as a person would ask it."""
+    result = subprocess.run(
+        [*ORCHESTRATOR, "--config", str(config), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def status_machines(config: Path) -> dict[str, dict[str, Any]]:
+    """The machines of `status --json`, by name."""
+    return {machine["name"]: machine for machine in status_json(config)["machines"]}
+
+
+def status_text(config: Path, columns: int = 200) -> str:
+    """`orchestrator status` on a terminal of ``columns``, without colour."""
+    result = subprocess.run(
+        [*ORCHESTRATOR, "--config", str(config), "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def ssh(lab: Lab, host: str, command: str, timeout: float = 60) -> tuple[int, str, str]:
+    """One command over plain `ssh` (strict host key checking): exit code, stdout, stderr.
+    ``timeout``: a busy 2-core machine, where ssh, sshd and the shims all need a turn."""
+    result = subprocess.run(
+        lab.ssh_argv(host, command, connect_timeout=5),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return result.returncode, result.stdout, result.stderr

@@ -9,19 +9,17 @@ written; the orchestrator's own words are read only for the reason it gives."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ORCHESTRATOR, REPO, latest_run
+from tests.conftest import latest_run
 from tests.fault_lab import (
     assert_each_healthy_before_the_next_was_asked,
     boots,
     orchestrator,
     reboots_requested,
+    status_json,
     write_config,
 )
 from tests.netlab import Fault, Lab
@@ -49,20 +47,6 @@ def machines_with(lab: Lab, checks: dict[str, list[dict[str, Any]]]) -> dict[str
         name: {"host": host.address, "checks": checks.get(name, [{"url": host.health_url}])}
         for name, host in lab.hosts.items()
     }
-
-
-def status_json(config: Path) -> dict[str, Any]:
-    """`orchestrator status --json`, as a person would ask it."""
-    result = subprocess.run(
-        [*ORCHESTRATOR, "--config", str(config), "status", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_every_check_type_green_runs_to_done_rebooting_each_host_once_in_order(netlab, tmp_path):

@@ -166,7 +166,8 @@ def test_every_version_of_the_file_during_a_run_is_valid_and_the_end_matches_the
 
     run = latest_run(state_dir)
     assert run is not None and run.state == "done", out
-    assert "warning" not in out, out
+    # (The lab's hosts are not NixOS: that one warning each is not the metrics' doing.)
+    assert all("not NixOS" in line for line in out.splitlines() if "warning" in line), out
     assert reboots_requested(lab) == HOSTS and boots(lab) == dict.fromkeys(HOSTS, 1)
     watcher.assert_every_version_valid()
     # The versions seen follow the run's own path through its states (a poll may miss a

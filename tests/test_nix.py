@@ -153,8 +153,8 @@ def evaluate(
     """Evaluate hosts whose ``services`` are ``controller`` (with nixosModules.default),
     ``target`` (nixosModules.target) and ``both`` (both modules on one host).
 
-    Top-level ``users`` and ``_security`` keys become ``users`` and ``security`` instead, to
-    declare e.g. the seed's login user or turn polkit off.
+    Top-level ``users``, ``_security`` and ``_boot`` keys become ``users``, ``security`` and
+    ``boot`` instead, to declare e.g. the seed's login user, turn polkit off or GRUB on.
     """
     lib = _require_nixpkgs_lib()
     return _evaluate(lib, _inputs(controller=controller, target=target, both=both))
@@ -687,13 +687,28 @@ def test_dedicated_user_without_known_hosts_is_warned() -> None:
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBx+d3BtC5jvUBMgNLWq5/sLIp3+XBbiCm+leD+8LWR1 ctl"
 
 
+TARGET = {
+    "lab-orchestrator-target": {"enable": True, "authorizedKeys": [KEY]},
+    "openssh": {"enable": True},
+}
+# nix/target-helper.sh, installed by the target module as this command.
+TARGET_HELPER = REPO / "nix" / "target-helper.sh"
+HELPER_NAME = "lab-orchestrator-target"
+# The stand-in pkgs' store paths (tests/nix_eval/eval.nix).
+STUB_STORE = "/nix/store/00000000000000000000000000000000"
+
+
+def _systemctl_commands() -> set[str]:
+    systemctls = (f"{SYSTEMD_STUB}/bin/systemctl", "/run/current-system/sw/bin/systemctl")
+    return {
+        f"{systemctl} {verb}"
+        for systemctl in systemctls
+        for verb in ("reboot", "is-system-running")
+    }
+
+
 def test_target_creates_a_login_user_allowed_to_reboot_and_nothing_else() -> None:
-    target = evaluate(
-        target={
-            "lab-orchestrator-target": {"enable": True, "authorizedKeys": [KEY]},
-            "openssh": {"enable": True},
-        }
-    )["target"]
+    target = evaluate(target=TARGET)["target"]
     assert target["failedAssertions"] == []
     user = target["users"]["lab-orchestrator"]
     assert user["openssh"]["authorizedKeys"]["keys"] == [f"restrict {KEY}"]
@@ -705,16 +720,91 @@ def test_target_creates_a_login_user_allowed_to_reboot_and_nothing_else() -> Non
     # Issue 8, item 17: as root only, not the nixpkgs default ALL:ALL.
     assert rule["runAs"] == "root"
     commands = {entry["command"] for entry in rule["commands"]}
-    systemctls = (
-        "/nix/store/00000000000000000000000000000000-systemd/bin/systemctl",
-        "/run/current-system/sw/bin/systemctl",
-    )
-    assert commands == {
-        f"{systemctl} {verb}"
-        for systemctl in systemctls
-        for verb in ("reboot", "is-system-running")
+    # Issue 10: and the helper that chooses which generation boots, by its store path and the
+    # path a login shell finds; its arguments are its own to check.
+    helper = f"{target['helper']['storePath']}/bin/{HELPER_NAME}"
+    assert helper.startswith("/nix/store/")
+    assert commands == _systemctl_commands() | {
+        helper,
+        f"/run/current-system/sw/bin/{HELPER_NAME}",
     }
+    # No other command may take arbitrary arguments, nor any a wildcard.
+    assert not any(c.endswith("systemctl") or "*" in c or "ALL" in c for c in commands)
     assert all(entry["options"] == ["NOPASSWD"] for entry in rule["commands"])
+
+
+def _helper_path(*tools: str) -> str:
+    return ":".join(f"{STUB_STORE}-{tool}/bin" for tool in tools)
+
+
+def test_target_installs_the_helper_with_exactly_its_tools() -> None:
+    target = evaluate(target=TARGET)["target"]
+    assert HELPER_NAME in target["systemPackages"]
+    helper = target["helper"]
+    assert helper["name"] == helper["mainProgram"] == HELPER_NAME
+    script = TARGET_HELPER.read_text(encoding="utf-8")
+    assert script.startswith("#!/bin/sh\n")
+    # PATH set, not prefixed (no runtimeInputs): sudo passes the SSH user's PATH on. GRUB's
+    # tools: nixpkgs enables GRUB unless the machine is a container or uses systemd-boot.
+    assert helper["otherArgs"] == []
+    assert helper["text"] == (
+        f"PATH={_helper_path('coreutils', 'nix', 'systemd', 'grub')}\nexport PATH\n"
+        + script.removeprefix("#!/bin/sh\n")
+    )
+    no_grub = evaluate(target={**TARGET, "_boot": {"loader": {"grub": {"enable": False}}}})
+    assert no_grub["target"]["helper"]["text"].startswith(
+        f"PATH={_helper_path('coreutils', 'nix', 'systemd')}\nexport PATH\n"
+    )
+    container = evaluate(target={**TARGET, "_boot": {"isContainer": True}})
+    assert "-grub/bin" not in container["target"]["helper"]["text"].splitlines()[0]
+
+
+def test_the_helper_builds_as_writeshellapplication_checks_it(tmp_path: Path) -> None:
+    """nixpkgs' writeShellApplication puts bash and its options first and runs shellcheck on
+    the result: so does this, and the script then refuses a bad argument under bash too."""
+    text = evaluate(target=TARGET)["target"]["helper"]["text"]
+    built = tmp_path / HELPER_NAME
+    built.write_text(
+        "#!/bin/bash\nset -o errexit\nset -o nounset\nset -o pipefail\n\n" + text,
+        encoding="utf-8",
+    )
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        missing("shellcheck not found", "apt-get install shellcheck")
+    for program in (built, TARGET_HELPER):
+        checked = subprocess.run(
+            [shellcheck, str(program)], capture_output=True, text=True, check=False
+        )
+        assert checked.returncode == 0, checked.stdout
+    marker = tmp_path / "ran"
+    for args in (["boot-once", f"$(touch {marker})"], ["boot-once"], ["make-default", "/etc"]):
+        refused = subprocess.run(
+            ["bash", str(built), *args], capture_output=True, text=True, check=False
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("target-helper: ") and refused.stdout == ""
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("boot", "warned"),
+    [
+        ({}, True),
+        ({"loader": {"grub": {"default": 2}}}, True),
+        ({"loader": {"grub": {"default": "saved"}}}, False),
+        ({"loader": {"grub": {"enable": False}}}, False),
+    ],
+    ids=["grub-default-0", "grub-default-2", "grub-saved", "no-grub"],
+)
+def test_grub_without_a_saved_default_is_warned_about(boot: dict[str, Any], warned: bool) -> None:
+    target = evaluate(target={**TARGET, "_boot": boot})["target"]
+    assert target["failedAssertions"] == []
+    if warned:
+        (warning,) = target["warnings"]
+        assert warning.startswith("services.lab-orchestrator-target: with GRUB, set ")
+        assert 'boot.loader.grub.default = "saved"' in warning
+    else:
+        assert target["warnings"] == []
 
 
 def test_target_without_a_key_or_sshd_fails_assertions() -> None:
@@ -1125,3 +1215,178 @@ def test_metrics_with_a_config_file_prepare_the_directory_the_file_names() -> No
         f"--collector.textfile.directory={TEXTFILE_DIR}"
     ]
     assert f"-{TEXTFILE_DIR}" in result["services"]["run"]["serviceConfig"]["ReadWritePaths"]
+
+
+# --- NixOS generations (issue 10): power_cycle, credentials, the new settings ---------------
+
+IPMI = [
+    "/bin/sh",
+    "-c",
+    'exec ipmitool -I lanplus -H grey-area-bmc.local -U admin -f "$CREDENTIALS_DIRECTORY/ipmi"'
+    " chassis power cycle",
+]
+# Every key issue 10 added to the config file, through `settings` (freeform, as the other keys).
+GENERATION_SETTINGS = {
+    "deploy": {"mode": "per-machine", "machine_command": ["lab-deploy-boot", "{machine}"]},
+    "reboot": {
+        "settle": "10m",
+        "when": "if-needed",
+        "if_changed": ["kernel", "initrd", "kernel-modules", "systemd"],
+        "boot_once": True,
+        "power_cycle_after": "5m",
+    },
+    "on_failure": "rollback",
+    "target_helper": ["lab-orchestrator-target"],
+}
+
+
+def _with_power_cycle(**extra: Any) -> dict[str, Any]:
+    machines = {**SEED["machines"], "grey-area": {"host": "grey-area.local", "power_cycle": IPMI}}
+    return {**SEED, "machines": machines, **extra}
+
+
+def test_power_cycle_is_a_typed_machine_option_that_points_to_the_reference() -> None:
+    docs = {option["name"]: option for option in controller(**SEED)["docs"]}
+    option = docs["services.lab-orchestrator.machines.<name>.power_cycle"]
+    assert option["type"] == "null or (list of string)"
+    assert option["default"] == {"_type": "literalExpression", "text": "null"}
+    assert "config/REFERENCE.md" in option["description"]
+    assert "{option}`path`" in option["description"]
+    assert "{option}`credentials`" in option["description"]
+    # The settings' example and description name the new keys (they stay freeform).
+    settings = docs["services.lab-orchestrator.settings"]
+    for key in ("per-machine", "machine_command", "if-needed", "boot_once", "on_failure"):
+        assert key in settings["example"]["text"] + settings["description"], key
+    for key in ("reboot.power_cycle_after", "target_helper", "reboot.if_changed"):
+        assert key in settings["description"], key
+
+
+def test_power_cycle_renders_into_the_config_of_its_machine_only(tmp_path: Path) -> None:
+    result = controller(**_with_power_cycle(settings=GENERATION_SETTINGS))
+    assert result["failedAssertions"] == []
+    for unit in ("run", "resume", "cli"):
+        text = result["configFiles"][unit]["text"]
+        config = json.loads(text)
+        assert config["machines"]["grey-area"] == {
+            "host": "grey-area.local",
+            "local": False,
+            "power_cycle": IPMI,
+        }
+        assert "power_cycle" not in config["machines"]["sleeper-service"]
+        assert config["machines"]["self"] == {"local": True}
+        checked = validate(tmp_path, text, f"{unit}.yaml")
+        assert checked.returncode == 0, checked.stderr
+    assert _run_check(tmp_path, result).returncode == 0
+
+
+def test_power_cycle_must_be_an_argv_list() -> None:
+    machines = {
+        **SEED["machines"],
+        "grey-area": {"host": "grey-area.local", "power_cycle": "ipmitool chassis power cycle"},
+    }
+    error = evaluation_error(
+        controller={"lab-orchestrator": {"enable": True, **DEDICATED, "machines": machines}}
+    )
+    assert "machines.grey-area.power_cycle" in error, error
+
+
+def test_the_generation_settings_render_as_given_and_validate(tmp_path: Path) -> None:
+    result = controller(**{**SEED, "settings": GENERATION_SETTINGS})
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert {key: config[key] for key in GENERATION_SETTINGS} == GENERATION_SETTINGS
+    checked = validate(tmp_path, result["configFiles"]["run"]["text"])
+    assert checked.returncode == 0, checked.stderr
+    assert _run_check(tmp_path, result).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"reboot": {"when": "sometimes"}}, "reboot.when"),
+        ({"deploy": {"mode": "per-machine", "machine_command": ["lab", "deploy"]}}, "deploy"),
+        ({"on_failure": "panic"}, "on_failure"),
+        ({"reboot": {"if_changed": ["kernel", "firmware"]}}, "reboot.if_changed"),
+    ],
+    ids=["when", "no-placeholder", "on_failure", "if_changed"],
+)
+def test_a_bad_generation_setting_fails_the_build(
+    tmp_path: Path, settings: dict[str, Any], key: str
+) -> None:
+    result = controller(**{**SEED, "settings": settings})
+    checked = _run_check(tmp_path, result)
+    assert checked.returncode == 2, checked
+    assert checked.stderr.startswith("error: ") and key in checked.stderr, checked.stderr
+
+
+def test_credentials_are_loaded_by_both_units_and_never_in_the_config() -> None:
+    secrets = {"ipmi": "/run/secrets/ipmi-password", "ha-token": "/run/secrets/ha-token"}
+    result = controller(**_with_power_cycle(credentials=secrets, sshKeyFile="/etc/ssh/key"))
+    assert result["failedAssertions"] == []
+    for unit in ("run", "resume"):
+        assert result["services"][unit]["serviceConfig"]["LoadCredential"] == [
+            "ssh-key:/etc/ssh/key",
+            "ha-token:/run/secrets/ha-token",
+            "ipmi:/run/secrets/ipmi-password",
+        ]
+    for file in result["configFiles"].values():
+        assert not any(path in file["text"] for path in secrets.values())
+    # Alone, without any of the module's own credentials.
+    alone = controller(**_with_power_cycle(credentials={"ipmi": "/run/secrets/ipmi"}))
+    assert alone["services"]["run"]["serviceConfig"]["LoadCredential"] == ["ipmi:/run/secrets/ipmi"]
+    assert "LoadCredential" not in controller(**SEED)["services"]["run"]["serviceConfig"]
+
+
+@pytest.mark.parametrize(
+    ("name", "path"),
+    [
+        ("ssh-key", "/run/secrets/x"),
+        ("notify-urls", "/run/secrets/x"),
+        ("../x", "/run/secrets/x"),
+        ("a:b", "/run/secrets/x"),
+        ("ipmi", "/nix/store/abc-ipmi"),
+        ("ipmi", "secrets/ipmi"),
+    ],
+)
+def test_a_bad_credential_fails_an_assertion(name: str, path: str) -> None:
+    failed = controller(**{**SEED, "credentials": {name: path}})["failedAssertions"]
+    assert [m for m in failed if m.startswith(f"services.lab-orchestrator.credentials.{name}:")]
+
+
+def _readme_block(first_line: str) -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```nix\n(.*?)```", readme, flags=re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block
+
+
+def test_the_readmes_per_machine_controller_evaluates_and_validates(tmp_path: Path) -> None:
+    """The README's recommended controller for the seed's lab, as written there."""
+    module = tmp_path / "configuration.nix"
+    module.write_text(
+        _readme_block("# hosts/congenital-optimist/configuration.nix"), encoding="utf-8"
+    )
+    result = evaluate_module_file(module)
+    assert result["failedAssertions"] == []
+    run = result["services"]["run"]
+    assert run["serviceConfig"]["LoadCredential"] == [
+        "ssh-key:/run/secrets/lab-orchestrator-ssh-key",
+        "ipmi-password:/run/secrets/grey-area-ipmi-password",
+    ]
+    assert "/run/current-system/sw" in run["path"]
+    config = json.loads(result["configFiles"]["run"]["text"])
+    assert config["order"] == [
+        "sleeper-service",
+        "grey-area",
+        "reverse-proxy",
+        "congenital-optimist",
+    ]
+    assert config["deploy"] == {
+        "mode": "per-machine",
+        "machine_command": ["lab-deploy-boot", "{machine}"],
+    }
+    assert config["reboot"] == {"when": "if-needed", "boot_once": True, "power_cycle_after": "5m"}
+    power_cycle = config["machines"]["grey-area"]["power_cycle"]
+    assert power_cycle[:2] == ["/bin/sh", "-c"] and "$CREDENTIALS_DIRECTORY/" in power_cycle[2]
+    for unit in ("run", "resume", "cli"):
+        checked = validate(tmp_path, result["configFiles"][unit]["text"], f"{unit}.yaml")
+        assert checked.returncode == 0, checked.stderr

@@ -70,11 +70,59 @@ async def test_final_states_accept_no_trigger(final: str, trigger: str):
 def test_table_has_exactly_one_advance_per_working_state_and_no_shortcuts():
     table = transition_table(RunKind.NIGHTLY, MACHINES)
     advances = [row for row in table if row["trigger"] == "advance"]
-    sources = [row["source"] for row in advances]
-    assert sources == work_states(RunKind.NIGHTLY, MACHINES)
+    main_road = [
+        row["source"] for row in advances if row["source"] in work_states(RunKind.NIGHTLY, MACHINES)
+    ]
+    assert main_road == work_states(RunKind.NIGHTLY, MACHINES)
+    side = {(row["source"], row["dest"]) for row in advances} - {
+        (row["source"], row["dest"]) for row in advances if row["source"] in main_road
+    }
+    assert side == {(f"rolling-back:{m}", f"verifying-rollback:{m}") for m in MACHINES}
     assert {row["dest"] for row in table if row["trigger"] == "abort"} == {"aborted"}
-    assert len(table) == 2 * len(sources)
+    aborts = {row["source"] for row in table if row["trigger"] == "abort"}
+    assert aborts == set(all_states(RunKind.NIGHTLY, MACHINES)) - {"done", "aborted"}
     assert set(all_states(RunKind.NIGHTLY, MACHINES)) == {r["dest"] for r in table} | {"preflight"}
+
+
+def test_skip_leaves_only_rebooting_for_the_next_machine_or_done():
+    table = transition_table(RunKind.NIGHTLY, ["a", "b"])
+    skips = {(row["source"], row["dest"]) for row in table if row["trigger"] == "skip"}
+    assert skips == {("rebooting:a", "rebooting:b"), ("rebooting:b", "done")}
+    per_machine = transition_table(RunKind.NIGHTLY, ["a", "b"], per_machine_deploy=True)
+    skips = {(row["source"], row["dest"]) for row in per_machine if row["trigger"] == "skip"}
+    assert skips == {("rebooting:a", "deploying:b"), ("rebooting:b", "done")}
+
+
+async def test_a_rollback_leaves_only_verifying_and_can_only_end_aborted():
+    table = transition_table(RunKind.NIGHTLY, ["a"])
+    rollbacks = {(row["source"], row["dest"]) for row in table if row["trigger"] == "roll_back"}
+    assert rollbacks == {("verifying:a", "rolling-back:a")}
+    model = Model()
+    build_machine(model, RunKind.NIGHTLY, ["a"], initial="verifying:a")
+    assert await model.roll_back()  # type: ignore[attr-defined]
+    assert await model.advance()  # type: ignore[attr-defined]
+    assert model.state == "verifying-rollback:a"
+    with pytest.raises(MachineError):
+        await model.advance()  # type: ignore[attr-defined]
+    assert await model.abort()  # type: ignore[attr-defined]
+    assert model.state == "aborted"
+    for source in ("rebooting:a", "settling:a", "deploying", "preflight"):
+        model = Model()
+        build_machine(model, RunKind.NIGHTLY, ["a"], initial=source)
+        with pytest.raises(MachineError):
+            await model.roll_back()  # type: ignore[attr-defined]
+
+
+def test_per_machine_deploy_replaces_the_head_deploy_with_one_before_each_reboot():
+    assert work_states(RunKind.NIGHTLY, ["a", "b"], per_machine_deploy=True) == [
+        "preflight", "updating",
+        "deploying:a", "rebooting:a", "verifying:a", "settling:a",
+        "deploying:b", "rebooting:b", "verifying:b", "settling:b",
+    ]  # fmt: skip
+    # `orchestrator reboot MACHINE` never deploys, whatever the mode.
+    assert work_states(RunKind.REBOOT, ["a"], per_machine_deploy=True) == [
+        "preflight", "rebooting:a", "verifying:a", "settling:a",
+    ]  # fmt: skip
 
 
 def test_machine_state_is_derived_from_the_run_state():
@@ -84,6 +132,11 @@ def test_machine_state_is_derived_from_the_run_state():
     assert machine_state("verifying:grey-area", kind, MACHINES, "sleeper-service") == "healthy"
     assert machine_state("verifying:grey-area", kind, MACHINES, "reverse-proxy") == "pending"
     assert machine_state("done", kind, MACHINES, "self") == "healthy"
+    assert machine_state("rolling-back:grey-area", kind, MACHINES, "grey-area") == "rolling-back"
+    assert machine_state("rolling-back:grey-area", kind, MACHINES, "self") == "pending"
+    per_machine = {"per_machine_deploy": True}
+    assert machine_state("deploying:self", kind, MACHINES, "self", **per_machine) == "deploying"
+    assert machine_state("deploying:self", kind, MACHINES, "grey-area", **per_machine) == "healthy"
 
 
 def test_mermaid_diagram_names_every_state():

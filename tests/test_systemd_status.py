@@ -130,7 +130,8 @@ def test_an_aborted_run_ends_on_where_and_why(tmp_path, make_lab, listener, env_
     ), statuses
     assert len(statuses[-1]) <= 120
     assert "rebooting bravo (2 of 2)" not in statuses
-    assert "warning" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert all("not NixOS" in line for line in warnings), result.stderr  # the lab's hosts
 
 
 def test_a_notify_socket_nobody_listens_on_changes_nothing(tmp_path, make_lab, env_without_journal):

@@ -3,6 +3,7 @@
 from tests.netlab.lab import (
     CONTROLLER,
     HOSTILE_TEXT,
+    NIXOS_KERNEL,
     Fault,
     Host,
     Hostile,
@@ -15,6 +16,7 @@ from tests.netlab.lab import (
 __all__ = [
     "CONTROLLER",
     "HOSTILE_TEXT",
+    "NIXOS_KERNEL",
     "Fault",
     "Host",
     "Hostile",

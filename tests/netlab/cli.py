@@ -8,6 +8,8 @@ python -m tests.netlab reboot DIR h1              # as `systemctl reboot` on h1
 python -m tests.netlab fault DIR h2 http=fail boot_time=3
 python -m tests.netlab state DIR h2 degraded      # what is-system-running says now
 python -m tests.netlab http DIR h2 flap           # health endpoint mode now
+python -m tests.netlab power-cycle DIR h1         # hard reset (or boot a dark host)
+python -m tests.netlab deploy DIR h1 --kernel-version 6.12.9   # fake NixOS: generation N+1
 python -m tests.netlab events DIR [--host h1] [--follow]
 python -m tests.netlab down [--prefix olbXXXX] [--stale]
 """
@@ -74,6 +76,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         faults=faults,
         boot_time=args.boot_time,
         lifeline=not args.detach,
+        nixos=args.nixos,
     )
     started = time.monotonic()
     lab.start()
@@ -112,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--boot-time", type=float, default=1.5)
     up.add_argument("--fault", action="append", metavar="HOST:K=V[,K=V]")
     up.add_argument("--detach", action="store_true", help="leave it running and return")
+    up.add_argument("--nixos", action="store_true", help="fake NixOS on every host but controller")
 
     config = sub.add_parser("config", help="print an orchestrator config for a lab")
     config.add_argument("dir")
@@ -125,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     reboot = sub.add_parser("reboot", help="reboot a host as `systemctl reboot` on it would")
     reboot.add_argument("dir")
     reboot.add_argument("host")
+
+    cycle = sub.add_parser("power-cycle", help="hard reset a host (or boot a dark one)")
+    cycle.add_argument("dir")
+    cycle.add_argument("host")
+
+    deploy = sub.add_parser("deploy", help="fake NixOS: deploy generation N+1 (nixos-rebuild boot)")
+    deploy.add_argument("dir")
+    deploy.add_argument("host")
+    deploy.add_argument("--kernel-version")
+    deploy.add_argument("--unhealthy", action="store_true")
+    deploy.add_argument("--hangs-at-boot", action="store_true")
+    deploy.add_argument("--action", choices=["boot", "switch", "none"])
 
     fault = sub.add_parser("fault", help="change a host's fault (applies from its next reboot)")
     fault.add_argument("dir")
@@ -169,6 +185,18 @@ def main(argv: list[str] | None = None) -> int:
             os.execvp(argv_ssh[0], argv_ssh)
         elif args.command == "reboot":
             lab.reboot(args.host)
+        elif args.command == "power-cycle":
+            lab.power_cycle(args.host)
+        elif args.command == "deploy":
+            print(
+                lab.deploy_generation(
+                    args.host,
+                    kernel_version=args.kernel_version,
+                    healthy=False if args.unhealthy else None,
+                    hangs_at_boot=True if args.hangs_at_boot else None,
+                    action=args.action,
+                )
+            )
         elif args.command == "fault":
             print(lab.set_fault(args.host, **_parse_fault(args.settings)))
         elif args.command == "state":

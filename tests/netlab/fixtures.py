@@ -34,6 +34,11 @@ def netlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., L
     labs: list[Lab] = []
 
     def make(hosts: Any = 4, **kwargs: Any) -> Lab:
+        if kwargs.get("nixos"):
+            # Fake NixOS hosts bind-mount their store onto /nix, which must exist.
+            reason = missing_prerequisites(nixos=True)
+            if reason is not None:
+                missing(reason, "install-prereqs.sh creates /nix")
         lab = Lab(tmp_path_factory.mktemp("netlab"), hosts, **kwargs)
         labs.append(lab)
         return lab.start()

@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,14 +42,16 @@ import time
 import uuid
 
 MS_BIND = 4096
+MS_REC = 16384
 SSH_PORT = 22
 HTTP_PORT = 8080
 HUGE_BODY = 100 * 1000 * 1000  # Hostile.http == "huge"
 
 
-def _mount_bind(source: str, target: str) -> None:
+def _mount_bind(source: str, target: str, recursive: bool = False) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(source.encode(), target.encode(), None, MS_BIND, None) != 0:
+    flags = MS_BIND | (MS_REC if recursive else 0)
+    if libc.mount(source.encode(), target.encode(), None, flags, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"bind mount {source} -> {target}: {os.strerror(err)}")
 
@@ -176,6 +180,506 @@ class HealthServer:
         conn.sendall(b"END")
 
 
+# -- fake NixOS (Lab(nixos=...)) ------------------------------------------------------------
+
+NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
+SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
+ENTRIES = "/boot/loader/entries"
+ENTRY_PREFIX = "nixos-generation-"
+
+
+def _store_hash(*parts: object) -> str:
+    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return "".join(NIX_BASE32[b % 32] for b in digest)
+
+
+def _entry_generation(entry: str) -> int | None:
+    """N of `nixos-generation-N.conf`, else None."""
+    if entry.startswith(ENTRY_PREFIX) and entry.endswith(".conf"):
+        number = entry[len(ENTRY_PREFIX) : -len(".conf")]
+        if number.isdigit() and not number.startswith("0"):
+            return int(number)
+    return None
+
+
+def _store_name_ok(text: str) -> bool:
+    """A version that can be part of a store path name (e.g. 6.12.7, 25.05.3-rc1)."""
+    return (
+        0 < len(text) <= 64
+        and text[0].isalnum()
+        and all(c.isascii() and (c.isalnum() or c in "._+-") for c in text)
+    )
+
+
+def _symlink_atomic(target: str, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+
+
+class NixOSError(Exception):
+    """A tool's error: its message goes to stderr, exit 1."""
+
+
+class FakeNixOS:
+    """One host's fake NixOS: a store, the system profile, boot entries, the booted system.
+
+    Everything lives in HOSTDIR/nixos and is bind-mounted at the real paths inside the host
+    (HOSTDIR/nixos/nix on /nix, .../boot on /boot, .../run on /run). Paths in links and
+    messages are the in-host ones (/nix/store/...); `real()` maps them to HOSTDIR/nixos."""
+
+    def __init__(self, host: Hostd, cfg: dict) -> None:
+        self.host = host
+        self.cfg = cfg
+        self.root = os.path.join(host.dir, "nixos")
+        self.deploy_defaults: dict = {}
+        self.booted_entry: str | None = None  # the entry of this boot (bootctl's "selected")
+
+    def real(self, path: str) -> str:
+        """The HOSTDIR path of an in-host path under /nix, /boot, /run or /efivars."""
+        return os.path.join(self.root, path.lstrip("/"))
+
+    # -- setup and boot ------------------------------------------------------------------------
+    def mount(self) -> None:
+        _mount_bind(self.real("/nix"), "/nix")
+        if self.cfg.get("mount_boot"):
+            _mount_bind(self.real("/boot"), "/boot")
+        # /run: a directory of the host dir with a link to each entry of the machine's /run
+        # (reached through a bind of it), so sshd's /run/sshd and the rest stay as they were.
+        hostrun = os.path.join(self.root, "hostrun")
+        _mount_bind("/run", hostrun, recursive=True)
+        run = self.real("/run")
+        for name in os.listdir(hostrun):
+            if name not in ("booted-system", "current-system"):
+                _symlink_atomic(os.path.join(hostrun, name), os.path.join(run, name))
+        _mount_bind(run, "/run")
+
+    def install(self) -> None:
+        """The machine as installed: generation 1, its boot entry the default."""
+        if self.profile_generations():
+            return
+        system = self.build(self.cfg["kernel"], f"{self.cfg['release']}.1", True, False)
+        self.add_generation(system, via="install")
+        self.install_bootloader(system)
+
+    def choose_boot(self) -> dict:
+        """What the firmware boots: the one-shot entry (consumed), else the default entry
+        (bootctl set-default), else loader.conf's default, else the latest entry."""
+        efi = self.real("/efivars")
+        candidates = []
+        oneshot = self._read(os.path.join(efi, "LoaderEntryOneShot"))
+        if oneshot is not None:
+            os.unlink(os.path.join(efi, "LoaderEntryOneShot"))
+            candidates.append((oneshot, "oneshot"))
+        default = self._read(os.path.join(efi, "LoaderEntryDefault"))
+        if default:
+            candidates.append((default, "default"))
+        conf = self.loader_conf_default()
+        if conf:
+            candidates.append((conf, "loader.conf"))
+        entries = self.entries()
+        if entries:
+            candidates.append((f"{ENTRY_PREFIX}{max(entries)}.conf", "latest"))
+        for entry, how in candidates:
+            system = self.entry_system(entry)
+            if system is not None:
+                return {
+                    "entry": entry,
+                    "chosen_by": how,
+                    "nixos_generation": _entry_generation(entry),
+                    "system": system,
+                    **({"oneshot": oneshot} if oneshot is not None else {}),
+                }
+        current = self.profile_current()
+        system = self.profile_generations().get(current) if current else None
+        if system is None:
+            raise RuntimeError("nothing to boot: no boot entry and no system profile")
+        return {
+            "entry": None,
+            "chosen_by": "profile",
+            "nixos_generation": current,
+            "system": system,
+        }
+
+    def set_booted(self, system: str) -> None:
+        run = self.real("/run")
+        _symlink_atomic(system, os.path.join(run, "booted-system"))
+        _symlink_atomic(system, os.path.join(run, "current-system"))
+
+    def meta(self, system: str) -> dict:
+        try:
+            with open(os.path.join(self.root, "systems", os.path.basename(system) + ".json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    # -- the store -----------------------------------------------------------------------------
+    def build(self, kernel: str, version: str, healthy: bool, hangs_at_boot: bool) -> str:
+        """A system in the store (and its kernel, initrd, modules); the same inputs give the
+        same path, as in Nix."""
+        name = self.host.name
+        kdir = f"/nix/store/{_store_hash('linux', kernel)}-linux-{kernel}"
+        mdir = f"/nix/store/{_store_hash('modules', kernel)}-linux-{kernel}-modules"
+        idir = f"/nix/store/{_store_hash('initrd', name, kernel)}-initrd-linux-{kernel}"
+        h = _store_hash("system", name, version, kernel, healthy, hangs_at_boot)
+        system = f"/nix/store/{h}-nixos-system-{name}-{version}"
+        for path, content in (
+            (kdir + "/bzImage", f"fake Linux {kernel} kernel\n"),
+            (idir + "/initrd", f"fake initrd for Linux {kernel}\n"),
+            (f"{mdir}/lib/modules/{kernel}/modules.dep", ""),
+        ):
+            if not os.path.exists(self.real(path)):
+                os.makedirs(os.path.dirname(self.real(path)), exist_ok=True)
+                _write_atomic(self.real(path), content)
+        if not os.path.isdir(self.real(system)):
+            tmp = self.real(system) + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(os.path.join(tmp, "bin"))
+            os.symlink(kdir + "/bzImage", os.path.join(tmp, "kernel"))
+            os.symlink(idir + "/initrd", os.path.join(tmp, "initrd"))
+            os.symlink(mdir, os.path.join(tmp, "kernel-modules"))
+            with open(os.path.join(tmp, "nixos-version"), "w") as f:
+                f.write(version)
+            with open(os.path.join(tmp, "kernel-params"), "w") as f:
+                f.write("loglevel=4")
+            with open(os.path.join(tmp, "init"), "w") as f:
+                f.write("#!/bin/sh\n# netlab: a fake NixOS stage 2\n")
+            stc = os.path.join(tmp, "bin", "switch-to-configuration")
+            with open(stc, "w") as f:
+                f.write(
+                    "#!/bin/sh\n# netlab stand-in: see tests/netlab/README.md (Fake NixOS)\n"
+                    f'exec {self.cfg["tool"]} switch-to-configuration {system} "$@"\n'
+                )
+            os.chmod(stc, 0o755)
+            os.chmod(os.path.join(tmp, "init"), 0o755)
+            os.makedirs(os.path.join(self.root, "systems"), exist_ok=True)
+            meta = {
+                "system": system,
+                "kernel": kernel,
+                "version": version,
+                "healthy": healthy,
+                "hangs_at_boot": hangs_at_boot,
+            }
+            _write_atomic(
+                os.path.join(self.root, "systems", os.path.basename(system) + ".json"),
+                json.dumps(meta),
+            )
+            os.rename(tmp, self.real(system))
+            self.host.log("system_built", **meta)
+        return system
+
+    def is_system(self, path: str) -> bool:
+        return (
+            path.startswith("/nix/store/")
+            and "/" not in path[len("/nix/store/") :]
+            and ".." not in path
+            and os.path.isfile(self.real(path) + "/nixos-version")
+        )
+
+    # -- the system profile --------------------------------------------------------------------
+    def profile_generations(self) -> dict[int, str]:
+        profiles = self.real("/nix/var/nix/profiles")
+        out = {}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(profiles):
+                if name.startswith("system-") and name.endswith("-link"):
+                    number = name[len("system-") : -len("-link")]
+                    if number.isdigit():
+                        out[int(number)] = os.readlink(os.path.join(profiles, name))
+        return dict(sorted(out.items()))
+
+    def profile_current(self) -> int | None:
+        try:
+            link = os.readlink(self.real(SYSTEM_PROFILE))
+        except OSError:
+            return None
+        number = link[len("system-") : -len("-link")]
+        return int(number) if number.isdigit() else None
+
+    def add_generation(self, system: str, via: str) -> int:
+        gens = self.profile_generations()
+        number = max(gens, default=0) + 1
+        profiles = self.real("/nix/var/nix/profiles")
+        os.makedirs(profiles, exist_ok=True)
+        os.symlink(system, os.path.join(profiles, f"system-{number}-link"))
+        _symlink_atomic(f"system-{number}-link", os.path.join(profiles, "system"))
+        self.host.log("profile", nixos_generation=number, system=system, via=via)
+        return number
+
+    def switch_profile(self, number: int, via: str) -> None:
+        system = self.profile_generations()[number]
+        profiles = self.real("/nix/var/nix/profiles")
+        _symlink_atomic(f"system-{number}-link", os.path.join(profiles, "system"))
+        self.host.log("profile", nixos_generation=number, system=system, via=via)
+
+    # -- boot loader ---------------------------------------------------------------------------
+    def entries(self) -> dict[int, str]:
+        """Boot entries: generation -> entry file name."""
+        out = {}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.real(ENTRIES)):
+                number = _entry_generation(name)
+                if number is not None:
+                    out[number] = name
+        return dict(sorted(out.items()))
+
+    def entry_system(self, entry: str) -> str | None:
+        if "/" in entry or entry.startswith("."):
+            return None
+        text = self._read(os.path.join(self.real(ENTRIES), entry))
+        for line in (text or "").splitlines():
+            if line.startswith("options "):
+                for word in line.split()[1:]:
+                    if word.startswith("init=") and word.endswith("/init"):
+                        return word[len("init=") : -len("/init")]
+        return None
+
+    def loader_conf_default(self) -> str | None:
+        text = self._read(self.real("/boot/loader/loader.conf")) or ""
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "default" and value.strip():
+                return value.strip()
+        return None
+
+    def install_bootloader(self, system: str) -> str | None:
+        """What `switch-to-configuration boot` does with systemd-boot: an entry per profile
+        generation (others removed), and loader.conf's default = the latest generation that
+        is `system`. Returns that entry (None: no generation is `system`, default unchanged)."""
+        entries_dir = self.real(ENTRIES)
+        os.makedirs(entries_dir, exist_ok=True)
+        gens = self.profile_generations()
+        for number, name in self.entries().items():
+            if number not in gens:
+                os.unlink(os.path.join(entries_dir, name))
+        default = None
+        for number, gen_system in gens.items():
+            meta = self.meta(gen_system)
+            kernel = meta.get("kernel", "?")
+            k = os.path.basename(os.readlink(self.real(gen_system) + "/kernel"))
+            _write_atomic(
+                os.path.join(entries_dir, f"{ENTRY_PREFIX}{number}.conf"),
+                f"title NixOS\n"
+                f"version Generation {number} NixOS {meta.get('version', '?')}, "
+                f"Linux Kernel {kernel}\n"
+                f"linux /EFI/nixos/{_store_hash('linux', kernel)}-linux-{kernel}-{k}.efi\n"
+                f"initrd /EFI/nixos/{_store_hash('initrd', kernel)}-initrd-linux-{kernel}.efi\n"
+                f"options init={gen_system}/init loglevel=4\n"
+                f"sort-key nixos\n",
+            )
+            if gen_system == system:
+                default = f"{ENTRY_PREFIX}{number}.conf"
+        if default is not None:
+            _write_atomic(self.real("/boot/loader/loader.conf"), f"timeout 5\ndefault {default}\n")
+        return default
+
+    # -- requests ------------------------------------------------------------------------------
+    def deploy(self, request: dict) -> dict:
+        """`nixos-rebuild boot` (or switch) of a new system: built, generation N+1, then its
+        switch-to-configuration. Unset settings: the host's deploy defaults (set_deploy),
+        else the current profile's kernel and healthy."""
+        settings = {**self.deploy_defaults}
+        settings.update({k: v for k, v in request.items() if v is not None})
+        for key in ("kernel_version", "version"):
+            value = settings.get(key)
+            if value is not None and not _store_name_ok(str(value)):
+                raise ValueError(f"bad {key} {value!r}")
+        gens = self.profile_generations()
+        current = gens.get(self.profile_current() or 0) or next(reversed(gens.values()))
+        kernel = str(settings.get("kernel_version") or self.meta(current).get("kernel"))
+        number = max(gens, default=0) + 1
+        version = str(settings.get("version") or f"{self.cfg['release']}.{number}")
+        action = settings.get("action") or "boot"
+        if action not in ("boot", "switch", "none"):
+            raise ValueError(f"bad deploy action {action!r}")
+        system = self.build(
+            kernel,
+            version,
+            bool(settings.get("healthy", True)),
+            bool(settings.get("hangs_at_boot")),
+        )
+        number = self.add_generation(system, via="deploy")
+        if action != "none":
+            self.switch_to_configuration(system, action, via="deploy")
+        return {"nixos_generation": number, "system": system}
+
+    def switch_to_configuration(self, system: str, action: str, via: str) -> str:
+        out = ""
+        if action in ("boot", "switch"):
+            default = self.install_bootloader(system)
+            if default is None:
+                out = f"warning: no generation of {SYSTEM_PROFILE} is {system}; default unchanged\n"
+            self.host.log(
+                "switch_to_configuration",
+                action=action,
+                system=system,
+                default=default,
+                nixos_generation=_entry_generation(default) if default else None,
+                via=via,
+            )
+        if action in ("switch", "test"):
+            if action == "test":
+                self.host.log("switch_to_configuration", action=action, system=system, via=via)
+            _symlink_atomic(system, os.path.join(self.real("/run"), "current-system"))
+            healthy = self.meta(system).get("healthy", True)
+            with self.host.lock:
+                self.host.http_mode = self.host.fault.get("http", "ok") if healthy else "fail"
+                self.host.log("http_mode", mode=self.host.http_mode, via="activation")
+            self.host.check_healthy()
+        return out
+
+    def tool(self, tool: str, args: list[str]) -> tuple[int, str, str]:
+        try:
+            if tool == "bootctl":
+                return 0, self.bootctl(args), ""
+            if tool == "nix-env":
+                return 0, self.nix_env(args), ""
+            if tool == "switch-to-configuration":
+                system, action = args[0], args[1] if len(args) > 1 else ""
+                if not self.is_system(system):
+                    raise NixOSError(f"switch-to-configuration: {system} is no system")
+                if action not in ("boot", "switch", "test", "dry-activate"):
+                    raise NixOSError(
+                        "Usage: switch-to-configuration [switch|boot|test|dry-activate]"
+                    )
+                if action == "dry-activate":
+                    return 0, "", ""
+                return 0, "", self.switch_to_configuration(system, action, via=tool)
+            raise NixOSError(f"netlab: unknown tool {tool!r}")
+        except NixOSError as e:
+            return 1, "", f"{e}\n"
+
+    def bootctl(self, args: list[str]) -> str:
+        words = [a for a in args if not a.startswith("-")]
+        json_out = any(a.startswith("--json") and a != "--json=off" for a in args)
+        verb = words[0] if words else "status"
+        efi = self.real("/efivars")
+        if verb in ("set-default", "set-oneshot"):
+            if len(words) != 2:
+                raise NixOSError(f"bootctl {verb}: expects one entry id")
+            entry = words[1]
+            if entry and (
+                "/" in entry or entry.startswith(".") or len(entry) > 255 or not entry.isprintable()
+            ):
+                raise NixOSError(f"bootctl {verb}: bad entry id {entry!r}")
+            var = "LoaderEntryDefault" if verb == "set-default" else "LoaderEntryOneShot"
+            os.makedirs(efi, exist_ok=True)
+            if entry:
+                _write_atomic(os.path.join(efi, var), entry)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(efi, var))
+            self.host.log("bootctl", verb=verb, entry=entry or None)
+            return ""
+        if verb == "list":
+            return self.bootctl_list(json_out)
+        if verb == "status":
+            effective = self.effective_default()
+            return (
+                "System:\n      Firmware: netlab\n"
+                f"  Current Entry: {self.booted_entry or ''}\n"
+                f"  Default Entry: {effective or ''}\n"
+                f"  OneShot Entry: {self._read(os.path.join(efi, 'LoaderEntryOneShot')) or ''}\n"
+            )
+        raise NixOSError(f"netlab bootctl: unsupported: {' '.join(args)}")
+
+    def effective_default(self) -> str | None:
+        efi = self._read(os.path.join(self.real("/efivars"), "LoaderEntryDefault"))
+        for entry in (efi, self.loader_conf_default()):
+            if entry and self.entry_system(entry) is not None:
+                return entry
+        entries = self.entries()
+        return entries[max(entries)] if entries else None
+
+    def bootctl_list(self, json_out: bool) -> str:
+        default = self.effective_default()
+        items = []
+        for number, name in sorted(self.entries().items(), reverse=True):
+            system = self.entry_system(name)
+            items.append(
+                {
+                    "type": "type1",
+                    "id": name,
+                    "path": f"{ENTRIES}/{name}",
+                    "title": "NixOS",
+                    "showTitle": f"NixOS (Generation {number})",
+                    "version": f"Generation {number}",
+                    "options": f"init={system}/init loglevel=4",
+                    "isDefault": name == default,
+                    "isSelected": name == self.booted_entry,
+                }
+            )
+        if json_out:
+            return json.dumps(items) + "\n"
+        out = ["Boot Loader Entries:"]
+        for item in items:
+            marks = (" (default)" if item["isDefault"] else "") + (
+                " (selected)" if item["isSelected"] else ""
+            )
+            out += [
+                "         type: Boot Loader Specification Type #1 (.conf)",
+                f"        title: {item['showTitle']}{marks}",
+                f"           id: {item['id']}",
+                f"       source: {item['path']}",
+                f"      version: {item['version']}",
+                f"      options: {item['options']}",
+                "",
+            ]
+        return "\n".join(out) + "\n"
+
+    def nix_env(self, args: list[str]) -> str:
+        profile = None
+        rest = []
+        i = 0
+        while i < len(args):
+            if args[i] in ("-p", "--profile") and i + 1 < len(args):
+                profile = args[i + 1]
+                i += 2
+                continue
+            rest.append(args[i])
+            i += 1
+        if profile not in (SYSTEM_PROFILE, "/nix/var/nix/profiles/system/"):
+            raise NixOSError(f"netlab nix-env: only `-p {SYSTEM_PROFILE}` is supported")
+        if rest[:1] == ["--set"] and len(rest) == 2:
+            path = rest[1].rstrip("/")
+            if not self.is_system(path):
+                raise NixOSError(f"error: path '{path}' is not a valid system in the store")
+            self.add_generation(path, via="nix-env")
+            return ""
+        if rest == ["--list-generations"]:
+            current = self.profile_current()
+            lines = []
+            for number in self.profile_generations():
+                link = self.real(f"/nix/var/nix/profiles/system-{number}-link")
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.lstat(link).st_mtime))
+                lines.append(
+                    f"{number:4}   {stamp}   " + ("(current)" if number == current else "")
+                )
+            return "\n".join(lines) + "\n"
+        if rest == ["--rollback"]:
+            older = [n for n in self.profile_generations() if n < (self.profile_current() or 0)]
+            if not older:
+                raise NixOSError("error: no generation older than the current generation")
+            self.switch_profile(max(older), via="nix-env")
+            return ""
+        if len(rest) == 2 and rest[0] in ("--switch-generation", "-G") and rest[1].isdigit():
+            if int(rest[1]) not in self.profile_generations():
+                raise NixOSError(f"error: generation {rest[1]} does not exist")
+            self.switch_profile(int(rest[1]), via="nix-env")
+            return ""
+        raise NixOSError(f"netlab nix-env: unsupported: {' '.join(args)}")
+
+    @staticmethod
+    def _read(path: str) -> str | None:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+
 class Hostd:
     def __init__(self, hostdir: str) -> None:
         self.dir = hostdir
@@ -201,8 +705,10 @@ class Hostd:
         self.healthy_logged = True
         self.sshd: subprocess.Popen[bytes] | None = None
         self.http = HealthServer(self)
-        self.reboots: queue.Queue[None] = queue.Queue()
+        self.reboots: queue.Queue[str] = queue.Queue()  # "reboot" | "power_cycle"
         self.resume_count = 0
+        self.dark = False  # down (after `down`, until `booted`): a power cycle skips shutdown
+        self.nixos = FakeNixOS(self, cfg["nixos"]) if cfg.get("nixos") else None
 
     # -- ground truth -------------------------------------------------------------------------
     def log(self, event: str, **details: object) -> None:
@@ -273,6 +779,8 @@ class Hostd:
         _mount_bind(shims, "/usr/local/sbin")
         for shim, target in self.cfg["bind_systemctl"]:
             _mount_bind(os.path.join(shims, shim), target)
+        if self.nixos is not None:
+            self.nixos.mount()
 
     def endless_fifo(self, name: str) -> str:
         """A FIFO that every reader finds full of the hostile text, without end."""
@@ -480,6 +988,10 @@ class Hostd:
     # -- boot ---------------------------------------------------------------------------------
     def first_boot(self) -> None:
         self.mount_overrides()
+        details: dict[str, object] = {}
+        if self.nixos is not None:
+            self.nixos.install()
+            details = self.boot_nixos()
         boot_id = self.write_boot_id()
         self.write_units(self.fault, None)
         self.start_sshd()
@@ -487,33 +999,65 @@ class Hostd:
         self.http.start(self.address)
         self.http_listening = True
         self.set_state("running")
-        self.log("ready", boot_id=boot_id, address=self.address)
+        self.log("ready", boot_id=boot_id, address=self.address, **details)
         _write_atomic(os.path.join(self.dir, "ready"), boot_id + "\n")
 
-    def reboot(self) -> None:
+    def boot_nixos(self) -> dict[str, object]:
+        """The fake firmware's choice of boot entry; /run/booted-system and current-system."""
+        assert self.nixos is not None
+        choice = self.nixos.choose_boot()
+        self.nixos.set_booted(str(choice["system"]))
+        self.nixos.booted_entry = choice["entry"]
+        return choice
+
+    def reboot(self, power_cycle: bool = False) -> None:
+        """`systemctl reboot` (shutdown_delay, then a clean shutdown), or a power cycle (hard
+        reset at once; on a host that is down, just the boot)."""
         with self.lock:
             fault = dict(self.fault)
-        time.sleep(self.cfg["shutdown_delay"])
-        with self.lock:
-            self.generation += 1
-            generation = self.generation
-            self.ssh_up = False
-            self.http_listening = False
-            self.healthy_logged = False
-        self.kill_everything(self.cfg["kill_grace"])
-        self.http.stop()
+        if power_cycle and self.dark:
+            with self.lock:
+                self.generation += 1
+                generation = self.generation
+        else:
+            if not power_cycle:
+                time.sleep(self.cfg["shutdown_delay"])
+            with self.lock:
+                self.generation += 1
+                generation = self.generation
+                self.ssh_up = False
+                self.http_listening = False
+                self.healthy_logged = False
+            self.kill_everything(0.0 if power_cycle else self.cfg["kill_grace"])
+            self.http.stop()
+            refuse = bool(fault.get("refuse"))
+            if not refuse:
+                self.link(False)
+            self.dark = True
+            extra = {"power_cycle": True} if power_cycle else {}
+            self.log("down", link="up" if refuse else "down", generation=generation, **extra)
+            if fault.get("never_returns") and not power_cycle:
+                return  # stays dark (or refusing) until a power cycle; rebooting stays True
         refuse = bool(fault.get("refuse"))
-        if not refuse:
-            self.link(False)
-        self.log("down", link="up" if refuse else "down", generation=generation)
-        if fault.get("never_returns"):
-            return  # stays dark (or refusing) until the lab is stopped; rebooting stays True
+        http_mode = fault.get("http", "ok")
+        details: dict[str, object] = {}
+        if self.nixos is not None:
+            choice = self.nixos.choose_boot()
+            if self.nixos.meta(str(choice["system"])).get("hangs_at_boot"):
+                self.log("boot_hung", generation=generation, **choice)
+                return  # dark until a power cycle; rebooting stays True
+            if not self.nixos.meta(str(choice["system"])).get("healthy", True):
+                http_mode = "fail"
         boot_time = fault.get("boot_time")
         time.sleep(self.cfg["boot_time"] if boot_time is None else boot_time)
-        details: dict[str, object] = {}
         if fault.get("new_host_key"):
             details["host_key"] = self.new_host_key()
+        if self.nixos is not None:
+            self.nixos.set_booted(str(choice["system"]))
+            self.nixos.booted_entry = choice["entry"]
+            details.update(choice)
         boot_id = self.write_boot_id()
+        self.dark = False
         self.log("booted", boot_id=boot_id, generation=generation, **details)
         if not refuse:
             self.link(True)
@@ -525,7 +1069,7 @@ class Hostd:
         with self.lock:
             self.ssh_up = True
             self.rebooting = False
-            self.http_mode = fault.get("http", "ok")
+            self.http_mode = http_mode
         self.log("ssh_up", generation=generation)
         state = fault.get("state", "running")
         self.set_state(state)
@@ -547,7 +1091,27 @@ class Hostd:
                 else:
                     self.rebooting = True
                     self.set_state("stopping")
-                    self.reboots.put(None)
+                    self.reboots.put("reboot")
+            return {"ok": True}
+        if cmd == "power_cycle":
+            with self.lock:
+                self.log("power_cycle", dark=self.dark)
+                self.rebooting = True
+                if not self.dark:
+                    self.set_state("stopping")
+                self.reboots.put("power_cycle")
+            return {"ok": True}
+        if cmd in ("nixos_tool", "deploy", "set_deploy") and self.nixos is None:
+            return {"ok": False, "error": f"{self.name} is no fake NixOS host (Lab(nixos=...))"}
+        if cmd == "nixos_tool":
+            return self.nixos_tool(request)
+        if cmd == "deploy":
+            with self.lock:
+                return {"ok": True, **self.nixos.deploy(request.get("settings") or {})}
+        if cmd == "set_deploy":
+            with self.lock:
+                self.nixos.deploy_defaults = dict(request.get("settings") or {})
+                self.log("deploy_settings", settings=self.nixos.deploy_defaults)
             return {"ok": True}
         if cmd == "set_fault":
             with self.lock:
@@ -571,6 +1135,21 @@ class Hostd:
         if cmd == "ping":
             return {"ok": True, "state": self.state}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def nixos_tool(self, request: dict) -> dict:
+        """A run of the bootctl / nix-env / switch-to-configuration shim: NUL-separated
+        arguments in a file; stdout and stderr written to files; the exit code in the reply."""
+        assert self.nixos is not None
+        tool = str(request.get("tool"))
+        with open(request["args"], "rb") as f:
+            raw = f.read()
+        os.unlink(request["args"])
+        args = [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+        with self.lock:
+            code, out, err = self.nixos.tool(tool, args)
+        _write_atomic(request["out"], out)
+        _write_atomic(request["err"], err)
+        return {"ok": True, "code": code}
 
     def control_loop(self) -> None:
         # O_RDWR keeps a writer end open here, so a reader never sees EOF between requests.
@@ -609,9 +1188,9 @@ class Hostd:
             self.log("error", error=f"first boot failed: {e!r}")
             raise
         while True:
-            self.reboots.get()
+            kind = self.reboots.get()
             try:
-                self.reboot()
+                self.reboot(power_cycle=kind == "power_cycle")
             except Exception as e:
                 self.log("error", error=f"reboot failed: {e!r}")
                 raise
@@ -651,7 +1230,74 @@ def init_main(hostdir: str, lifeline_fd: int | None) -> None:
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
+def request(hostdir: str, req: dict, timeout: float = 30.0) -> dict:
+    """Send one control request to a host's hostd (as the shims do) and return its reply."""
+    ack = os.path.join(hostdir, f"client-ack.{uuid.uuid4().hex}")
+    line = json.dumps({**req, "ack": ack}) + "\n"
+    try:
+        fd = os.open(os.path.join(hostdir, "ctl.fifo"), os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise RuntimeError(f"host is not running ({e})") from e
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(ack):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer within {timeout}s")
+        time.sleep(0.005)
+    with open(ack) as f:
+        reply = json.load(f)
+    os.unlink(ack)
+    return reply
+
+
+DEPLOY_USAGE = (
+    "usage: hostd.py deploy LABDIR MACHINE [--kernel-version V] [--version V] "
+    "[--healthy yes|no] [--hangs-at-boot yes|no] [--action boot|switch|none]"
+)
+
+
+def deploy_main(argv: list[str]) -> int:
+    """`nixos-rebuild boot` of a new generation on one fake NixOS host of a lab: prints
+    {"machine", "nixos_generation", "system"} as JSON. Unset options: the host's deploy
+    settings (Lab.set_deploy), else its current kernel, healthy, not hanging, action boot."""
+    if len(argv) < 2 or len(argv) % 2:
+        print(DEPLOY_USAGE, file=sys.stderr)
+        return 2
+    labdir, machine = argv[0], argv[1]
+    if not machine or not all(c.isalnum() or c in ".-" for c in machine) or machine[0] == ".":
+        print(f"deploy: bad machine name {machine!r}", file=sys.stderr)
+        return 2
+    settings: dict[str, object] = {}
+    flags = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+    for key, value in zip(argv[2::2], argv[3::2], strict=True):
+        name = key[2:].replace("-", "_") if key.startswith("--") else ""
+        if name in ("kernel_version", "version", "action"):
+            settings[name] = value
+        elif name in ("healthy", "hangs_at_boot") and value.lower() in flags:
+            settings[name] = flags[value.lower()]
+        else:
+            print(DEPLOY_USAGE, file=sys.stderr)
+            return 2
+    hostdir = os.path.join(labdir, "hosts", machine)
+    try:
+        reply = request(hostdir, {"cmd": "deploy", "settings": settings})
+    except RuntimeError as e:
+        print(f"deploy to {machine} failed: {e}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"deploy to {machine} failed: {reply.get('error')}", file=sys.stderr)
+        return 1
+    out = {"machine": machine, **{k: v for k, v in reply.items() if k != "ok"}}
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["deploy"]:
+        sys.exit(deploy_main(argv[1:]))
     hostdir = argv[0]
     lifeline = None
     if len(argv) >= 3 and argv[1] == "--lifeline-fd":

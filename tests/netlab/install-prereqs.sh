@@ -37,6 +37,10 @@ done
 mkdir -p /etc/ssh
 touch /etc/ssh/sshd_not_to_be_run
 
+# Fake NixOS hosts (Lab(nixos=...)) bind-mount their own store on /nix inside their private
+# mount namespace, which needs the directory to exist. An existing /nix is never touched.
+[ -e /nix ] || mkdir -m 0755 /nix
+
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-prereqs: all present"
     exit 0

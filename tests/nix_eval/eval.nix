@@ -7,7 +7,8 @@
 #
 # `controller` / `target` / `both` are JSON of one host's config, evaluated
 # with nixosModules.default / .target / both: `services`, plus optional
-# top-level "users" and "_security" keys that go to `users` and `security`.
+# top-level "users", "_security" and "_boot" keys that go to `users`,
+# `security` and `boot`.
 # `controllerFile` (a path) is a NixOS module used as the controller host's
 # config instead of `controller`.
 {
@@ -81,11 +82,23 @@ let
       outPath = packageOut;
       meta.mainProgram = "orchestrator";
     };
+    coreutils = fakeDrv "coreutils" { };
     git = fakeDrv "git" { };
+    grub2 = fakeDrv "grub" { };
+    # The README's controller configuration puts these on `path`.
+    ipmitool = fakeDrv "ipmitool" { };
+    nixos-rebuild = fakeDrv "nixos-rebuild" { };
     nix = fakeDrv "nix" { };
     openssh = fakeDrv "openssh" { };
     systemd = fakeDrv "systemd" { };
     writeText = name: text: fakeDrv name { inherit text; };
+    # nixpkgs' build also runs shellcheck on the script; tests run that here.
+    writeShellApplication =
+      { name, text, ... }@attrs:
+      fakeDrv name {
+        passedAttrs = attrs;
+        meta.mainProgram = name;
+      };
     runCommand = name: env: buildCommand: fakeDrv name { inherit env buildCommand; };
     formats.json =
       { }:
@@ -271,6 +284,18 @@ let
     config._module.args.pkgs = pkgs;
   };
 
+  # Options whose nixpkgs default depends on another option's value.
+  bootStubs =
+    { config, ... }:
+    {
+      # nixos/modules/virtualisation/nixos-containers.nix
+      options.boot.isContainer = opt types.bool false;
+      # nixos/modules/system/boot/loader/grub/grub.nix (systemd-boot.nix sets
+      # enable = mkDefault false when it is enabled).
+      options.boot.loader.grub.enable = opt types.bool (!config.boot.isContainer);
+      options.boot.loader.grub.default = opt (types.either types.int types.str) 0;
+    };
+
   hostConfig =
     settings:
     let
@@ -282,17 +307,26 @@ let
           services = removeAttrs parsed [
             "users"
             "_security"
+            "_boot"
           ];
         }
         // lib.optionalAttrs (parsed ? users) { inherit (parsed) users; }
         // lib.optionalAttrs (parsed ? _security) { security = parsed._security; }
+        // lib.optionalAttrs (parsed ? _boot) { boot = parsed._boot; }
       );
     };
 
   evalNixos =
     modules: hostModule:
     let
-      eval = lib.evalModules { modules = [ nixosStubs ] ++ modules ++ [ hostModule ]; };
+      eval = lib.evalModules {
+        modules = [
+          nixosStubs
+          bootStubs
+        ]
+        ++ modules
+        ++ [ hostModule ];
+      };
       inherit (eval) config;
     in
     {
@@ -303,6 +337,7 @@ let
       docs = map (o: {
         inherit (o) name description type;
         default = o.default or null;
+        example = o.example or null;
       }) (
         lib.filter (
           o: o.visible && !o.internal && lib.hasPrefix "services.lab-orchestrator" o.name
@@ -351,12 +386,32 @@ let
     evaluation:
     let
       inherit (evaluation) config;
+      helper = lib.findFirst (
+        p: p.name == "lab-orchestrator-target"
+      ) null config.environment.systemPackages;
     in
     {
-      inherit (evaluation) failedAssertions docs;
+      inherit (evaluation) failedAssertions warnings docs;
       users = config.users.users;
       groups = lib.attrNames config.users.groups;
       sudoRules = config.security.sudo.extraRules;
+      systemPackages = map (p: p.name) config.environment.systemPackages;
+      helper =
+        if helper == null then
+          null
+        else
+          {
+            # Not `outPath`: JSON would print such an attrset as that string.
+            storePath = helper.outPath;
+            inherit (helper.meta) mainProgram;
+            inherit (helper.passedAttrs) name text;
+            otherArgs = lib.attrNames (
+              removeAttrs helper.passedAttrs [
+                "name"
+                "text"
+              ]
+            );
+          };
     };
 
   inherit (flake.nixosModules) default;

@@ -9,10 +9,12 @@ folded into one (how many the gate polls depends on timing; how many passed is a
 from __future__ import annotations
 
 import asyncio
+import shlex
 from pathlib import Path
 
 import pytest
 
+from orchestrator import generations, remote
 from orchestrator.demo.simlab import Behaviour, SimHost
 from tests.conftest import latest_run, orchestrator, write_config
 
@@ -21,6 +23,8 @@ STATE = ["systemctl", "is-system-running"]
 UNIT = ["systemctl", "is-active", "nginx.service"]
 REBOOT = ["systemctl", "reboot"]
 SUDO_REBOOT = ["sudo", "-n", "systemctl", "reboot"]
+# The generation facts script, as sshd receives it (words encoded, decoded by sh from stdin).
+FACTS = shlex.split(remote.remote_command(generations.ARGV)[0])
 
 
 class GoesDarkAfterOneMoreBootIdRead(SimHost):
@@ -90,8 +94,9 @@ def test_each_host_receives_exactly_this_argv_sequence_over_a_run(
         assert folded(rounds) == [
             # preflight: one round, nothing touched
             [BOOT_ID, UNIT, STATE],
-            # rebooting: the boot id to compare against, then the reboot
-            [BOOT_ID, reboot],
+            # rebooting: the boot id to compare against, the generation facts (the simulated
+            # hosts are not NixOS, so none are read after the reboot), then the reboot
+            [BOOT_ID, FACTS, reboot],
             # verifying: the first round still sees the old boot id, so nothing else is asked
             [BOOT_ID],
             # ...then rounds on the new boot id until `stable_passes` in a row pass

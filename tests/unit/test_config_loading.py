@@ -85,6 +85,9 @@ d.REBOOT_COMMAND, d.REBOOT_TIMEOUT = ("re", "boot"), 14.0
 d.POLL_INTERVAL, d.PROBE_TIMEOUT, d.STABLE_PASSES, d.SETTLE = 15.0, 16.0, 17, 18.0
 d.STATE_COMMAND, d.BOOT_ID_FILE = ("st", "ate"), Path("/boot-id")
 d.HOOK_TIMEOUT = 19.0
+d.DEPLOY_MODE, d.DEPLOY_MACHINE_COMMAND = "per-machine", ("de", "ploy", "{machine}")
+d.REBOOT_WHEN, d.REBOOT_IF_CHANGED, d.BOOT_ONCE = "if-needed", ("systemd",), True
+d.POWER_CYCLE_AFTER, d.ON_FAILURE, d.TARGET_HELPER = 20.0, "stop", ("hel", "per")
 from orchestrator.config import parse_config
 config = parse_config(Path("lab.yaml"), sys.argv[1])
 print(json.dumps(config.settings.model_dump(mode="json", exclude={"machines"})))
@@ -104,7 +107,13 @@ def test_the_schema_takes_every_default_from_the_defaults_module():
     settings = json.loads(result.stdout)
     assert settings["state_dir"] == "/srv/state"
     assert settings["update"] == {"command": ["up", "date"], "timeout": 11.0}
-    assert settings["deploy"] == {"command": ["de", "ploy"], "timeout": 12.0}
+    assert settings["deploy"] == {
+        "command": ["de", "ploy"],
+        "timeout": 12.0,
+        "mode": "per-machine",
+        "machine_command": ["de", "ploy", "{machine}"],
+    }
+    assert (settings["on_failure"], settings["target_helper"]) == ("stop", ["hel", "per"])
     ssh = settings["ssh"]
     assert (ssh["user"], ssh["port"], ssh["connect_timeout"]) == ("operator", 2022, 13.0)
     assert {k: v for k, v in settings["reboot"].items() if k != "allow_degraded"} == {
@@ -114,6 +123,10 @@ def test_the_schema_takes_every_default_from_the_defaults_module():
         "probe_timeout": 16.0,
         "stable_passes": 17,
         "settle": 18.0,
+        "when": "if-needed",
+        "if_changed": ["systemd"],
+        "boot_once": True,
+        "power_cycle_after": 20.0,
     }
     assert settings["local"] == {
         "reboot_command": ["re", "boot"],

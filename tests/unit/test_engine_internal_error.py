@@ -40,7 +40,9 @@ class OddHost:
         if where == self.fail_in:
             raise KeyError(MESSAGE)
 
-    async def run(self, argv: Any, timeout: float, max_output: int = 0) -> Completed:
+    async def run(
+        self, argv: Any, timeout: float, max_output: int = 0, *, stop_at_cap: bool = False
+    ) -> Completed:
         return Completed(tuple(argv), 0, "", "")
 
     async def read_boot_id(self, timeout: float) -> str | None:

@@ -416,7 +416,9 @@ def test_a_real_run_writes_the_configured_file(tmp_path: Path, make_lab):
     result = orchestrator(config, "run")
 
     assert result.returncode == 0, result.stderr
-    assert "warning" not in result.stderr, result.stderr
+    # (The simulated hosts are not NixOS: that one warning each is not the metrics' doing.)
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert all("not NixOS" in line for line in warnings), result.stderr
     parsed = read_checked(textfile)
     assert stat.S_IMODE(textfile.stat().st_mode) == 0o644
     assert value(parsed, "run_in_progress") == 0

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import termios
+from dataclasses import replace
 from datetime import datetime, timedelta
 from fcntl import ioctl
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import report
+from orchestrator.generations import GenerationFacts, NotNixos, SystemParts
 from orchestrator.states import Phase, RunKind
 from orchestrator.store import RunRecord, Store, now
 from tests.conftest import REPO
@@ -337,3 +339,100 @@ def test_status_json_has_the_whole_ids_and_when_the_state_began(lab):
     assert data["state"] == "verifying:grey-area" and data["state_since"].endswith("+00:00")
     assert data["machines"][0]["boot_id_before"] == BEFORE
     assert datetime.fromisoformat(data["state_since"]) <= now()
+
+
+# --- generation facts (issue 10, item 1) --------------------------------------------------------
+
+
+def nixos_facts(generation: int, booted: int | None = None) -> GenerationFacts:
+    """Facts of a machine booted into ``booted`` whose profile is at ``generation``."""
+    booted = generation if booted is None else booted
+
+    def system(n: int) -> SystemParts:
+        digits = f"{n:032d}"  # 32 characters of Nix's base-32 alphabet
+        return SystemParts(
+            f"/nix/store/{digits}-nixos-system-grey-area-25.05.{n}",
+            f"/nix/store/{digits}-linux-6.12.{n % 10}/bzImage",
+        )
+
+    return GenerationFacts(
+        system(booted), system(booted).system, system(generation), generation, booted
+    )
+
+
+def done_run_with_generations(store: Store, tmp_path: Path) -> RunRecord:
+    """The seed's four machines: three NixOS, rebooted from 142 into 143; the local one not
+    NixOS; ``reverse-proxy`` is booted into a system no generation names any more."""
+    run_id = start(store, tmp_path)
+    for (name, _), took in zip(SEED, (103.2, 4400.0, 72.5, 8.25), strict=True):
+        store.set_state(run_id, f"rebooting:{name}")
+        if name == "self":
+            store.record_generation_before(run_id, name, NotNixos("no /run/booted-system"))
+        else:
+            before = nixos_facts(143, 142)
+            if name == "reverse-proxy":
+                before = replace(before, booted_generation=None)
+            store.record_generation_before(run_id, name, before)
+        reboot(store, run_id, name, took)
+        if name != "self":
+            store.record_generation_after(run_id, name, nixos_facts(143))
+    store.set_state(run_id, Phase.DONE.value)
+    return store.run(run_id)
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_generations_have_a_column_and_still_fit(tmp_path: Path, width: int):
+    with Store.open(tmp_path / "state") as store:
+        run = done_run_with_generations(store, tmp_path)
+    lines = report.status_lines(run, width=width)
+    assert_fits(lines, width)
+    rows = {line[:4]: line for line in lines[3:]}  # names may be cut narrower than 80
+    assert lines[2].split()[:5] == ["machine", "state", "boot", "id", "gen"]
+    assert "142 → 143" in rows["slee"] and "142 → 143" in rows["grey"]
+    assert "? → 143" in rows["reve"]
+    assert "not NixOS" in rows["self"]
+    if width == 80:
+        assert rows["slee"].startswith("sleeper-service ")  # no name cut at 80 columns
+        assert rows["slee"].endswith("3 ok")  # and the notes stay beside the rows
+
+
+def test_generations_in_status_json_and_the_summary(tmp_path: Path):
+    with Store.open(tmp_path / "state") as store:
+        run = done_run_with_generations(store, tmp_path)
+    machines = {m["name"]: m for m in report.status_json(run)["machines"]}
+    grey = machines["grey-area"]
+    old, new = nixos_facts(143, 142), nixos_facts(143)
+    assert grey["nixos"] is True
+    assert (grey["generation_before"], grey["generation_expected"], grey["generation_after"]) == (
+        142,
+        143,
+        143,
+    )
+    assert grey["system_before"] == old.booted.system
+    assert grey["system_expected"] == grey["system_after"] == new.booted.system
+    assert (grey["kernel_before"], grey["kernel_expected"], grey["kernel_after"]) == (
+        old.booted.kernel,
+        new.booted.kernel,
+        new.booted.kernel,
+    )
+    self_ = machines["self"]
+    assert self_["nixos"] is False and self_["system_before"] is self_["system_after"] is None
+    lines = report.summary_lines(report.summarize(run))
+    grey_line = next(line for line in lines if line.startswith("grey-area: "))
+    assert grey_line.endswith(
+        "; generation 142 -> 143 "
+        "(nixos-system-grey-area-25.05.142 -> nixos-system-grey-area-25.05.143)"
+    )
+    assert next(line for line in lines if line.startswith("self: ")).endswith("; not NixOS")
+
+
+def test_a_machine_in_progress_shows_the_generation_it_should_boot(tmp_path: Path):
+    with Store.open(tmp_path / "state") as store:
+        run_id = start(store, tmp_path)
+        store.set_state(run_id, "rebooting:sleeper-service")
+        store.record_generation_before(run_id, "sleeper-service", nixos_facts(143, 142))
+        store.record_reboot_intent(run_id, "sleeper-service", BEFORE, "SHA256:key")
+        store.set_state(run_id, "verifying:sleeper-service")
+        run = store.run(run_id)
+    row = next(line for line in report.status_lines(run) if line.startswith("sleeper-service"))
+    assert "142 → 143?" in row  # expected, not yet seen
