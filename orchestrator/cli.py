@@ -96,12 +96,14 @@ def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
 
 def _drive(config: LoadedConfig, start: RunKind | None, only: str | None = None) -> int:
     from orchestrator import engine
-    from orchestrator.states import Phase
+    from orchestrator.states import Phase, StateName
 
     final = engine.drive(config, start, only)
     if final is None:
         click.echo("nothing to resume: no run is in progress", err=True)
         return EXIT_OK
+    if StateName.parse(final.state).phase is Phase.PAUSED:
+        return EXIT_OK  # waiting for the maintenance window is what the owner asked for
     return EXIT_OK if final.state == Phase.DONE.value else EXIT_FAILED
 
 

@@ -10,6 +10,7 @@ wrong, because a typo that silently dropped a health check would defeat the poin
 from __future__ import annotations
 
 import re
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +40,7 @@ from health_checks.schema import (
 from orchestrator import defaults
 from orchestrator.errors import ConfigError
 from orchestrator.paths import load_yaml, read_config_text
+from orchestrator.window import Window
 
 MACHINE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
 
@@ -362,6 +364,49 @@ class MetricsSettings(ConfigModel):
         return textfile
 
 
+def _wall_clock(value: object) -> object:
+    """A time of day as written; YAML 1.1 reads an unquoted ``22:30`` as the number 1350."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError('write the time in quotes, e.g. "22:30" (YAML reads 22:30 as a number)')
+    if isinstance(value, str) and not re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value.strip()):
+        raise ValueError(f"{value!r} is not a time of day (HH:MM or HH:MM:SS)")
+    return value
+
+
+WallClock = Annotated[dt_time, BeforeValidator(_wall_clock)]
+
+
+class WindowSettings(ConfigModel):
+    """Both keys or neither: without them, reboots start whenever the run gets to them."""
+
+    start: WallClock | None = Field(
+        default=None,
+        description="When reboots may start, in the controller's local time (`HH:MM`, quoted).",
+        examples=["01:00"],
+    )
+    end: WallClock | None = Field(
+        default=None,
+        description="When no further reboot starts; a machine rebooted before it is still "
+        "verified after it. Not after `start`: the window crosses midnight.",
+        examples=["05:00"],
+    )
+
+    @model_validator(mode="after")
+    def _both_and_not_empty(self) -> WindowSettings:
+        if (self.start is None) != (self.end is None):
+            missing = "end" if self.end is None else "start"
+            raise ValueError(f"{missing} is missing: a window needs both start and end")
+        if self.start is not None and self.start == self.end:
+            raise ValueError("start and end are the same time: the window would be empty")
+        return self
+
+    @property
+    def window(self) -> Window | None:
+        if self.start is None or self.end is None:
+            return None
+        return Window(self.start, self.end)
+
+
 class Machine(ConfigModel):
     host: HostName | None = Field(
         default=None,
@@ -514,6 +559,13 @@ class Config(ConfigModel):
     )
     metrics: MetricsSettings = Field(
         default=MetricsSettings(), description="Prometheus textfile metrics."
+    )
+    window: WindowSettings = Field(
+        default=WindowSettings(),
+        description="The maintenance window: no reboot starts outside it. A run that reaches "
+        "a reboot outside it pauses (`paused until 01:00 (next window)`, exit 0); the next "
+        "`orchestrator run` or `resume` inside it continues from there, without updating or "
+        "deploying again. Default: reboots start whenever the run gets to them.",
     )
     preflight: bool = Field(
         default=True,

@@ -49,6 +49,7 @@ from orchestrator import (
     report,
     sdstatus,
     target,
+    window,
 )
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, LockHeldError, OrchestratorError, StoreError
@@ -59,12 +60,14 @@ from orchestrator.states import (
     ABORT,
     ADVANCE,
     FINAL_STATES,
+    PAUSE,
     ROLL_BACK,
     SKIP,
     Phase,
     RunKind,
     StateName,
     build_machine,
+    machine_phases,
 )
 from orchestrator.store import MachineRecord, RunRecord, StepProcess, Store, now
 
@@ -94,6 +97,10 @@ class GateFailed(Exception):
         self.failure = failure
         self.last_probe = last_probe
         self.wrong_generation = wrong_generation
+
+
+class _StayPaused(Exception):
+    """The window is still closed: the run stays paused and this process stops driving it."""
 
 
 class _WrongGeneration(Exception):
@@ -316,6 +323,7 @@ class Engine:
             Phase.SETTLING: self.settling,
             Phase.ROLLING_BACK: self.rolling_back,
             Phase.VERIFYING_ROLLBACK: self.verifying_rollback,
+            Phase.PAUSED: self.paused,
         }
         logs.set_run_context(self.run_id, self.model.state)
         await self._emit(EventKind.RUN_STARTED, resumed=resumed)
@@ -326,6 +334,8 @@ class Engine:
                 state = StateName.parse(self.model.state)
                 try:
                     trigger = await handlers[state.phase](state.machine)
+                except _StayPaused:
+                    break
                 except StoreError:
                     # A store that cannot be written stops everything right here: no further
                     # side effect may happen without its intent on disk.
@@ -345,6 +355,8 @@ class Engine:
                     await self._end_aborted(internal_error(exc), state.machine)
                     break
                 await self._fire(trigger or ADVANCE)
+                if trigger == PAUSE:
+                    break  # the next `run` (the timer) or `resume` inside the window goes on
         record = self.record
         for line in report.summary_lines(report.summarize(record)):
             log.info("summary: %s", line)
@@ -395,7 +407,10 @@ class Engine:
             await self._step("deploy", deploy.command, deploy.timeout)
             return None
         # deploy.mode: per-machine. Runs again after a kill (the killed one is ended first):
-        # a deploy is idempotent, and only its success lets this machine be rebooted.
+        # a deploy is idempotent, and only its success lets this machine be rebooted. Not
+        # outside the window either: the new generation would be what a power cut boots.
+        if self._window_closed(name):
+            return PAUSE
         self._check_abort(f"deploying {name}")
         await self._step(f"deploy {name}", deploy.machine_argv(name), deploy.timeout)
         self.store.record_deployed(self.run_id, name)
@@ -453,10 +468,41 @@ class Engine:
             log.info("%s: process group %d of the interrupted run has ended", label, pgid)
         self.store.clear_step_process(self.run_id)
 
+    def _window_closed(self, name: str) -> bool:
+        """Whether this machine's turn must wait for the maintenance window: asked on entering
+        its first state, before anything is done to it. `orchestrator reboot MACHINE` is a
+        person asking now, and is never held back."""
+        hours = self.settings.window.window
+        if hours is None or self.record.kind is RunKind.REBOOT:
+            return False
+        moment = window.local_now()
+        if hours.contains(moment):
+            return False
+        self.store.record_paused_until(self.run_id, hours.next_start(moment))
+        log.info("run %d: %s, before %s", self.run_id, window.paused_line(hours, moment), name)
+        return True
+
+    async def paused(self, name: str | None) -> str | None:
+        """Paused by the maintenance window: go on if it is open now, else stay paused."""
+        assert name is not None
+        hours = self.settings.window.window
+        moment = window.local_now()
+        if hours is not None and not hours.contains(moment):
+            self.store.record_paused_until(self.run_id, hours.next_start(moment))
+            log.info("run %d: still %s", self.run_id, window.paused_line(hours, moment))
+            raise _StayPaused()
+        self.store.record_paused_until(self.run_id, None)
+        log.info("run %d: the maintenance window is open: going on with %s", self.run_id, name)
+        return None
+
     async def rebooting(self, name: str | None) -> str | None:
         assert name is not None
         record = self.record.machine(name)
         host = self.host(name)
+        run = self.record
+        first = machine_phases(run.kind, run.per_machine_deploy)[0] is Phase.REBOOTING
+        if first and record.reboot_requested_at is None and self._window_closed(name):
+            return PAUSE
         if record.reboot_requested_at is not None and record.boot_id_before is not None:
             if await self._reboot_under_way(name, host, record.boot_id_before):
                 return None

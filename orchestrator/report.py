@@ -34,6 +34,7 @@ class Outcome(StrEnum):
     SETTLING = "settling"
     ROLLING_BACK = "rolling-back"
     VERIFYING_ROLLBACK = "verifying-rollback"
+    PAUSED = "paused"  # its turn waits for the maintenance window
     HEALTHY = "healthy"  # rebooted and proven back
     SKIPPED = "skipped"  # reboot.when: if-needed, nothing new to boot
     ROLLED_BACK = "rolled-back"  # failed, then proven back on the known-good generation
@@ -254,6 +255,7 @@ def status_json(run: RunRecord | None, since: datetime | None = None) -> dict[st
         "duration_s": summary.duration_s,
         "error": run.error,
         "abort_requested_at": iso(run.abort_requested_at),
+        "paused_until": iso(run.paused_until),
         "machines": [
             {
                 "name": machine.name,
@@ -317,6 +319,7 @@ _STATE_COLOURS = {
     Outcome.VERIFYING: "33",
     Outcome.SETTLING: "33",
     Outcome.DEPLOYING: "33",
+    Outcome.PAUSED: "36",
     Outcome.ROLLING_BACK: "31",
     Outcome.VERIFYING_ROLLBACK: "31",
     Outcome.ROLLED_BACK: "31",
@@ -487,6 +490,9 @@ def _now(run: RunRecord, since: datetime | None, at: datetime) -> str:
         Phase.DEPLOYING: "running the deploy command",
         Phase.ROLLING_BACK: "making the known-good generation the boot default again",
     }.get(state.phase, "")
+    if state.phase is Phase.PAUSED and run.paused_until is not None:
+        # The next `orchestrator run` or `resume` from then on goes on with this machine.
+        detail = f"waiting for the maintenance window, until {local_time(run.paused_until, at)}"
     if state.machine is not None:
         machine = run.machine(state.machine)
         if state.phase is Phase.REBOOTING:

@@ -76,6 +76,8 @@ def state_text(summary: RunSummary, update: Sequence[str] = (), deploy: Sequence
             text = f"{state.phase} {machine}"
         case Phase.ROLLING_BACK:
             text = f"rolling back {machine}: its new generation failed the gate"
+        case Phase.PAUSED:
+            text = f"paused before {machine}: waiting for the maintenance window"
         case Phase.VERIFYING_ROLLBACK:
             text = f"verifying {machine} on the rolled-back generation"
         case Phase.DONE:

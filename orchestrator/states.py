@@ -11,7 +11,9 @@ Two side roads leave the sequence, each only from one state:
 - ``skip``: ``rebooting:<m>`` → the next machine's first state (or ``done``), for a machine whose
   booted system already runs what a reboot would boot (``reboot.when: if-needed``);
 - ``roll_back``: ``verifying:<m>`` → ``rolling-back:<m>`` → ``verifying-rollback:<m>``, which
-  ends ``aborted`` whatever the rollback's own gate says: the run stops at that machine.
+  ends ``aborted`` whatever the rollback's own gate says: the run stops at that machine;
+- ``pause``: a machine's first state → ``paused:<m>`` when the maintenance window is closed;
+  ``advance`` leads back to that first state once it is open (the run process exits between).
 
 Any non-final state can go to ``aborted``. The table is plain data so that ``status`` can read
 it without importing ``transitions``; ``build_machine`` turns the very same lists into a
@@ -46,6 +48,7 @@ class Phase(StrEnum):
     SETTLING = "settling"
     ROLLING_BACK = "rolling-back"
     VERIFYING_ROLLBACK = "verifying-rollback"
+    PAUSED = "paused"
     DONE = "done"
     ABORTED = "aborted"
 
@@ -57,6 +60,7 @@ ADVANCE = "advance"
 ABORT = "abort"
 SKIP = "skip"
 ROLL_BACK = "roll_back"
+PAUSE = "pause"
 
 
 @dataclass(frozen=True)
@@ -113,10 +117,14 @@ def transition_table(
         rebooting, verifying, settling = (str(StateName(p, machine)) for p in MACHINE_PHASES)
         rolling_back, verifying_rollback = (str(StateName(p, machine)) for p in ROLLBACK_PHASES)
         after = sequence[sequence.index(settling) + 1]
+        first = str(StateName(machine_phases(kind, per_machine_deploy)[0], machine))
+        paused = str(StateName(Phase.PAUSED, machine))
         table += [
             {"trigger": SKIP, "source": rebooting, "dest": after},
             {"trigger": ROLL_BACK, "source": verifying, "dest": rolling_back},
             {"trigger": ADVANCE, "source": rolling_back, "dest": verifying_rollback},
+            {"trigger": PAUSE, "source": first, "dest": paused},
+            {"trigger": ADVANCE, "source": paused, "dest": first},
         ]
     table += [
         {"trigger": ABORT, "source": source, "dest": Phase.ABORTED.value}
@@ -129,7 +137,9 @@ def transition_table(
 def all_states(
     kind: RunKind, machines: Sequence[str], *, per_machine_deploy: bool = False
 ) -> list[str]:
-    rollback = [str(StateName(phase, m)) for m in machines for phase in ROLLBACK_PHASES]
+    rollback = [
+        str(StateName(phase, m)) for m in machines for phase in (*ROLLBACK_PHASES, Phase.PAUSED)
+    ]
     return [
         *work_states(kind, machines, per_machine_deploy=per_machine_deploy),
         *rollback,
@@ -176,17 +186,31 @@ def machine_state(
     the phase of its own state, else ``healthy`` once the run is past it, else ``pending``.
     (Skipped and rolled-back machines are told apart by their record, not by the state.)"""
     sequence = work_states(kind, machines, per_machine_deploy=per_machine_deploy)
-    phases = (*machine_phases(kind, per_machine_deploy), *ROLLBACK_PHASES)
+    phases = (*machine_phases(kind, per_machine_deploy), *ROLLBACK_PHASES, Phase.PAUSED)
     own = [str(StateName(phase, name)) for phase in phases]
     if run_state == Phase.DONE.value:
         return "healthy"
     if run_state in own:
         return StateName.parse(run_state).phase.value
-    if run_state not in sequence:
-        return "pending"  # aborted, or another machine's rollback: the record tells
-    position = sequence.index(run_state)
+    anchor = _on_the_main_road(run_state, kind, per_machine_deploy)
+    if anchor not in sequence:
+        return "pending"  # aborted: the caller knows from the record whether it was reached
+    position = sequence.index(anchor)
     last = str(StateName(Phase.SETTLING, name))
     return "healthy" if position > sequence.index(last) else "pending"
+
+
+def _on_the_main_road(run_state: str, kind: RunKind, per_machine_deploy: bool) -> str:
+    """The state of the main road a side road left from: where the run stands for every
+    other machine (a pause before a machine's first state, a rollback after verifying it)."""
+    if run_state in FINAL_STATES:
+        return run_state
+    state = StateName.parse(run_state)
+    if state.phase is Phase.PAUSED:
+        return str(StateName(machine_phases(kind, per_machine_deploy)[0], state.machine))
+    if state.phase in ROLLBACK_PHASES:
+        return str(StateName(Phase.VERIFYING, state.machine))
+    return run_state
 
 
 def mermaid(kind: RunKind, machines: Sequence[str], *, per_machine_deploy: bool = False) -> str:

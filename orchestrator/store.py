@@ -24,7 +24,7 @@ from orchestrator.errors import StoreError
 from orchestrator.generations import GenerationFacts, NotNixos
 from orchestrator.states import FINAL_STATES, Phase, RunKind, all_states
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 STORE_FILE = "state.db"
 
 _SCHEMA = """
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS runs (
     step_leader_start INTEGER,
     step_boot_id TEXT,
     step_token TEXT,
-    deploy_mode TEXT
+    deploy_mode TEXT,
+    paused_until TEXT
 );
 CREATE TABLE IF NOT EXISTS machines (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -297,6 +298,8 @@ class RunRecord:
     step_process: StepProcess | None = None
     # Schema 5: `deploy.mode: per-machine` when the run began (its state table depends on it).
     per_machine_deploy: bool = False
+    # Schema 6: while paused by the maintenance window, when the window opens next.
+    paused_until: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -500,6 +503,9 @@ class Store:
                 db.execute("ALTER TABLE runs ADD COLUMN deploy_mode TEXT")
                 for column in _SIDE_ROAD_COLUMNS:
                     db.execute(f"ALTER TABLE machines ADD COLUMN {column}")
+            if version < 6:
+                # Version 6: when a run paused by the maintenance window goes on.
+                db.execute("ALTER TABLE runs ADD COLUMN paused_until TEXT")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     # -- runs ---------------------------------------------------------------------------------
@@ -725,6 +731,11 @@ class Store:
                 (boot_id_after, iso(now()), json.dumps(probes), run_id, name),
             )
 
+    def record_paused_until(self, run_id: int, until: datetime | None) -> None:
+        """When the window opens next, while the run is paused (None: not paused)."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET paused_until=? WHERE run_id=?", (iso(until), run_id))
+
     def record_step_process(self, run_id: int, step: StepProcess) -> None:
         """Committed right after the update/deploy command starts, before it does anything
         that matters: a resume after a kill finds the group and ends it first."""
@@ -823,6 +834,7 @@ class Store:
                 if step_pgid is None
                 else field(row, "runs", "step_pgid", lambda _: _step_process(row)),
                 per_machine_deploy=per_machine,
+                paused_until=field(row, "runs", "paused_until", _timestamp),
             )
 
     def latest_run(self) -> RunRecord | None:
@@ -929,6 +941,7 @@ _READABLE_VERSIONS = (
     2,
     3,
     4,
+    5,
     SCHEMA_VERSION,
 )  # readers never migrate; a run does on its next start
 _STEP_COLUMNS = (
