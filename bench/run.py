@@ -68,8 +68,13 @@ class Scenario:
             for i in range(1, self.hosts + 1)
         }
 
-    def config_overrides(self) -> dict[str, Any]:
+    def config_overrides(self, lab: Lab) -> dict[str, Any]:
         return {
+            # Each HTTP check must fit in probe_timeout (the config refuses it otherwise).
+            "machines": {
+                h.name: {"checks": [{"url": h.health_url, "status": 200, "timeout": 1}]}
+                for h in lab.hosts.values()
+            },
             "reboot": {
                 "timeout": 60,
                 "poll_interval": self.poll_interval,
@@ -173,7 +178,9 @@ def run_once(scenario: Scenario, workdir: Path, orch: str) -> dict[str, Any]:
     lab = Lab(workdir / "lab", scenario.hosts, faults=scenario.faults())
     with lab:
         state_dir = workdir / "state"
-        config = lab.write_config(workdir / "config.yaml", state_dir, **scenario.config_overrides())
+        config = lab.write_config(
+            workdir / "config.yaml", state_dir, **scenario.config_overrides(lab)
+        )
         watcher = FirstPassWatcher(state_dir / "state.db")
         watcher.start()
         env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}

@@ -407,6 +407,26 @@ class WindowSettings(ConfigModel):
         return Window(self.start, self.end)
 
 
+class InterlockSettings(ConfigModel):
+    """Before each reboot, every other machine of the run (those already rebooted and those
+    still to come) gets one health-gate round, all at once: if any is unhealthy, no further
+    machine is taken down."""
+
+    enabled: bool = Field(
+        default=defaults.INTERLOCK_ENABLED,
+        description="Probe every other machine before each reboot; `false`: only the machine "
+        "being rebooted is looked at.",
+        examples=[True],
+    )
+    timeout: PositiveDuration = Field(
+        default=defaults.INTERLOCK_TIMEOUT,
+        description="How long a run waits, re-probing every `reboot.poll_interval`, for an "
+        "unhealthy machine to be healthy again before the next reboot; then it aborts, naming "
+        "that machine and its failing probe. Nothing is taken down meanwhile.",
+        examples=["10m"],
+    )
+
+
 class Machine(ConfigModel):
     host: HostName | None = Field(
         default=None,
@@ -454,6 +474,13 @@ class Machine(ConfigModel):
             ]
         ],
     )
+    depends_on: list[str] = Field(
+        default=[],
+        description="Machines this one depends on (its database, its DNS): each must come "
+        "earlier in the reboot order, so it is rebooted and proven healthy first; the loader "
+        "checks this (and with it, that there are no cycles).",
+        examples=[["sleeper-service"]],
+    )
     checks: list[AnyCheck] = Field(
         default=[],
         description="Health checks that must pass after the reboot, besides SSH, boot id and "
@@ -480,9 +507,14 @@ def _one_check_of_each_type() -> list[dict[str, Any]]:
 SEED_MACHINES_EXAMPLE = {
     "sleeper-service": {
         "host": "sleeper-service.local",
+        "depends_on": [],
         "checks": [{"url": "http://sleeper-service.local:8080/health", "body_contains": "ok"}],
     },
-    "grey-area": {"host": "grey-area.local", "checks": _one_check_of_each_type()},
+    "grey-area": {
+        "host": "grey-area.local",
+        "depends_on": ["sleeper-service"],
+        "checks": _one_check_of_each_type(),
+    },
     "reverse-proxy": {
         "host": "reverse-proxy.local",
         "user": "root",
@@ -566,6 +598,11 @@ class Config(ConfigModel):
         "a reboot outside it pauses (`paused until 01:00 (next window)`, exit 0); the next "
         "`orchestrator run` or `resume` inside it continues from there, without updating or "
         "deploying again. Default: reboots start whenever the run gets to them.",
+    )
+    interlock: InterlockSettings = Field(
+        default=InterlockSettings(),
+        description="The fleet interlock: before each reboot, every other machine gets one "
+        "health-gate round; while one of them is unhealthy no further machine is taken down.",
     )
     preflight: bool = Field(
         default=True,
@@ -718,6 +755,7 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
         if sorted(config.order) != sorted(config.machines):
             missing = sorted(set(config.machines) - set(config.order)) or ["a machine twice"]
             raise ConfigError(f"{path}: order: must list every machine once ({missing[0]})")
+    _check_dependencies(path, config, order)
     local = [name for name in order if config.machines[name].local]
     if len(local) > 1:
         raise ConfigError(
@@ -730,6 +768,28 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
             "itself and must be listed last"
         )
     return order
+
+
+def _check_dependencies(path: Path, config: Config, order: tuple[str, ...]) -> None:
+    """``depends_on``: every dependency is another machine that comes earlier in the reboot
+    order. Earlier-only also rules out cycles: no machine can come before itself."""
+    position = {name: index for index, name in enumerate(order)}
+    for name in order:
+        seen: set[str] = set()
+        for index, other in enumerate(config.machines[name].depends_on):
+            key = f"{path}: machines.{name}.depends_on"
+            if other in seen:
+                raise ConfigError(f"{key}[{index}]: {other!r} is listed twice")
+            seen.add(other)
+            if other == name:
+                raise ConfigError(f"{key}: {name} cannot depend on itself")
+            if other not in config.machines:
+                raise ConfigError(f"{key}: {other!r} is not a machine")
+            if position[other] > position[name]:
+                raise ConfigError(
+                    f"{key}: {other!r} comes after {name} in the reboot order; a dependency "
+                    "must be rebooted first"
+                )
 
 
 def parse_config(path: Path, text: str) -> LoadedConfig:

@@ -12,6 +12,7 @@ Run policy lives here too: ``drive`` starts a run or continues the one in progre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -32,6 +33,7 @@ from health_checks.gate import (
     GateRound,
     GateTarget,
     Probe,
+    probe_once,
     probe_settled,
     wait_until_healthy,
 )
@@ -263,6 +265,7 @@ class Engine:
         )
         self.policy = gate_policy(config)
         self._hosts: dict[str, Host] = {}
+        self._warming: set[asyncio.Task[None]] = set()
         self._http = HttpClients()
         for name in run.machine_names:
             config.machine(name)  # a machine removed from the config since the run began
@@ -364,8 +367,28 @@ class Engine:
         return record
 
     async def _close_hosts(self) -> None:
+        for task in self._warming:
+            task.cancel()
         for host in self._hosts.values():
             await host.close()
+
+    def _warm_up_next(self, name: str) -> None:
+        """Open the SSH connection to the machine after ``name`` while ``name`` is verifying,
+        so that its boot-id read and reboot request need no handshake once ``name`` passes.
+        Best effort: a failure here is met again, and reported, by the real command."""
+        names = self.record.machine_names
+        after = names[names.index(name) + 1 :]
+        if not after or self.config.machine(after[0]).local:
+            return
+        host = self.host(after[0])
+
+        async def connect() -> None:
+            with contextlib.suppress(ProbeFailed, OrchestratorError):
+                await host.connect(self.policy.timeouts.connect)
+
+        task = asyncio.create_task(connect())
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _end_aborted(self, message: str, machine: str | None) -> None:
         if machine is not None:
@@ -515,6 +538,10 @@ class Engine:
             self.store.record_reboot_resend(self.run_id, name)
             await host.request_reboot()
             return None
+        # No reboot intent is saved yet: nothing has been done to this machine. The interlock
+        # needs no state of its own: a kill during it leaves the run in rebooting:<name> with
+        # no intent, so the resume simply asks the fleet again.
+        await self._interlock(name)
         self._check_abort(f"rebooting {name}")
         try:
             boot_id = await host.read_boot_id(self.policy.timeouts.command)
@@ -542,6 +569,61 @@ class Engine:
         log.info("%s: reboot requested", name)
         await self._emit(EventKind.MACHINE_REBOOTING, name)
         return None
+
+    async def _interlock(self, name: str) -> None:
+        """The fleet interlock: before ``name`` is taken down, every other machine of the run
+        (done or still pending; a skipped one was never taken down and is left out) gets one
+        bounded gate round, all at once, as in preflight. While any fails, nothing is taken
+        down: every ``reboot.poll_interval`` the fleet is asked again, until all pass or
+        ``interlock.timeout`` runs out (then the run aborts, naming the machine and its
+        probe) or an ``orchestrator abort`` arrives."""
+        settings = self.settings.interlock
+        machines = self.record.machines
+        others = [m.name for m in machines if m.name != name and not m.skipped]
+        if not settings.enabled or not others:
+            return  # `orchestrator reboot MACHINE`: a run of one, there are no others
+        limit = asyncio.Semaphore(defaults.INTERLOCK_CONCURRENCY)
+
+        async def probe(other: str) -> GateRound:
+            async with limit:
+                return await probe_once(self.target(other), self._http, self.policy, ProbeFailed)
+
+        deadline = time.monotonic() + settings.timeout
+        logged: str | None = None
+        while True:
+            answers = await asyncio.gather(*(probe(o) for o in others), return_exceptions=True)
+            failing: tuple[str, str] | None = None
+            for other, answer in zip(others, answers, strict=True):
+                if isinstance(answer, OrchestratorError):
+                    # A changed host key: not something waiting mends.
+                    raise RunAborted(f"interlock: {answer}; not taking {name} down", name)
+                if isinstance(answer, BaseException):
+                    raise answer
+                if failing is None and answer.first_failure is not None:
+                    failing = (other, str(answer.first_failure))
+            if failing is None:
+                if logged is not None:
+                    log.info("%s: interlock: every other machine is healthy again", name)
+                else:
+                    log.info("%s: interlock: the other %d machines are healthy", name, len(others))
+                return
+            other, probe_text = failing
+            line = f"interlock: {other}: {probe_text}"
+            if line != logged:
+                logged = line
+                log.info("%s: waiting: %s", name, line)
+            if time.monotonic() >= deadline:
+                # Recorded against the machine not taken down: a machine already rebooted stays
+                # `healthy` in the run's record (it was proven back), so the one the rollout
+                # stopped at is this one; the message names the unhealthy one and its probe.
+                raise RunAborted(
+                    f"interlock: {other} is unhealthy ({probe_text}); not taking {name} down",
+                    name,
+                )
+            self._check_abort(f"rebooting {name}")
+            remaining = deadline - time.monotonic()
+            await asyncio.sleep(max(0.0, min(self.settings.reboot.poll_interval, remaining)))
+            self._check_abort(f"rebooting {name}")
 
     def _decide_reboot(self, name: str, record: MachineRecord) -> bool:
         """Record why the machine is rebooted, or why not; False: skip it
@@ -805,6 +887,7 @@ class Engine:
         record = self.record.machine(name)
         assert record.boot_id_before is not None
         expected = record.system_expected if record.nixos else None
+        self._warm_up_next(name)
         try:
             result = await self._await_gate(
                 name,
@@ -832,7 +915,8 @@ class Engine:
         )
         await self._generation_after(name)
         await self._make_default(name)
-        self.host(name).drop()
+        # The connection stays open: the interlock before the next reboot asks this machine
+        # again at once, and a new handshake would be all of that round's cost.
         await self._emit(EventKind.MACHINE_HEALTHY, name)
         return None
 

@@ -274,6 +274,7 @@ class Host(Protocol):
     async def system_state(self, timeout: float) -> str: ...
     async def request_reboot(self) -> None: ...
     def as_root(self, argv: Sequence[str]) -> list[str]: ...
+    async def connect(self, timeout: float) -> None: ...
     def drop(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -308,6 +309,7 @@ class SshHost:
             self._reboot_argv = ["sudo", "-n", *self._reboot_argv]
         self._host_key: str | None = None
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._connecting = asyncio.Lock()
 
     @property
     def name(self) -> str:
@@ -320,6 +322,22 @@ class SshHost:
     async def _connection(self, timeout: float) -> asyncssh.SSHClientConnection:
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
+        # One connect at a time: a command arriving while the warm-up connect (see
+        # ``connect``) is under way waits for it instead of opening a second connection.
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connecting.acquire()
+        except TimeoutError:
+            raise ConnectFailed("ssh: timed out waiting for the connection under way") from None
+        try:
+            if self._conn is not None and not self._conn.is_closed():
+                return self._conn
+            return await self._open(max(0.0, timeout - (time.monotonic() - started)))
+        finally:
+            self._connecting.release()
+
+    async def _open(self, timeout: float) -> asyncssh.SSHClientConnection:
         self._conn = None
         endpoint = self.endpoint
         options: dict[str, object] = {}
@@ -500,6 +518,11 @@ class SshHost:
         if result.returncode != 0:
             raise _refused(self.name, result)
 
+    async def connect(self, timeout: float) -> None:
+        """Open the connection now (TCP, handshake, login), so that the next command is one
+        round trip: the engine does this for the next machine while one is verifying."""
+        await self._connection(timeout)
+
     def drop(self) -> None:
         if self._conn is not None:
             self._conn.abort()
@@ -600,6 +623,9 @@ class LocalHost:
             raise RebootRefused(f"{self.name}: {exc}") from None
         if result.returncode != 0:
             raise _refused(self.name, result)
+
+    async def connect(self, timeout: float) -> None:
+        pass  # nothing to open
 
     def drop(self) -> None:
         pass  # no connection to drop

@@ -92,15 +92,22 @@ def test_each_host_receives_exactly_this_argv_sequence_over_a_run(
     for name in names:
         rounds = rounds_of(lab.lab.hosts[name].commands)
         assert folded(rounds) == [
-            # preflight: one round, nothing touched
+            # preflight: one round, nothing touched (and, folded into it, the fleet
+            # interlock's round before each machine ahead of this one is rebooted)
             [BOOT_ID, UNIT, STATE],
             # rebooting: the boot id to compare against, the generation facts (the simulated
             # hosts are not NixOS, so none are read after the reboot), then the reboot
             [BOOT_ID, FACTS, reboot],
             # verifying: the first round still sees the old boot id, so nothing else is asked
             [BOOT_ID],
-            # ...then rounds on the new boot id until `stable_passes` in a row pass
+            # ...then rounds on the new boot id until `stable_passes` in a row pass (and,
+            # folded into them, the interlock's round before each machine after this one)
             [BOOT_ID, UNIT, STATE],
         ], (name, lab.lab.hosts[name].commands)
-        passing = [r for r in rounds[3:] if r == [BOOT_ID, UNIT, STATE]]
-        assert len(passing) == len(rounds) - 3 >= data["reboot"]["stable_passes"]
+        at = rounds.index([BOOT_ID, FACTS, reboot])
+        before, after = rounds[:at], rounds[at + 2 :]
+        position = names.index(name)
+        assert before == [[BOOT_ID, UNIT, STATE]] * (1 + position)
+        interlock_after = len(names) - 1 - position
+        assert all(r == [BOOT_ID, UNIT, STATE] for r in after)
+        assert len(after) - interlock_after >= data["reboot"]["stable_passes"]
