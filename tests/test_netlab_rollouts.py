@@ -61,6 +61,19 @@ def rollout_config(lab: Lab, directory: Path, **overrides: Any) -> Path:
     )
 
 
+def hanging_generation_config(lab: Lab, directory: Path) -> Path:
+    """h1's next generation hangs at boot; it boots once, and a power cycle after 3 s of
+    silence (the lab's power button) brings it back on the known-good default."""
+    lab.set_deploy("h1", hangs_at_boot=True, kernel_version=NEW_KERNEL)
+    power_cycle = lab.power_cycle_command("h1")
+    return rollout_config(
+        lab,
+        directory,
+        reboot={"boot_once": True, "power_cycle_after": 3},
+        machines={"h1": {"power_cycle": power_cycle}},
+    )
+
+
 def profile_systems(lab: Lab, host: str) -> dict[int, str]:
     return dict(lab.nixos_state(host)["profile"])
 
@@ -105,20 +118,13 @@ def test_a_generation_that_hangs_at_boot_is_power_cycled_once_and_comes_back_on_
     netlab, tmp_path
 ):
     lab = netlab(["h1", "h2"], nixos=True, boot_time=0.5)
-    lab.set_deploy("h1", hangs_at_boot=True, kernel_version=NEW_KERNEL)
     known_good = lab.nixos_state("h1")["booted_system"]
-    power_cycle = [sys.executable, "-m", "tests.netlab", "power-cycle", str(lab.dir), "h1"]
-    config = rollout_config(
-        lab,
-        tmp_path,
-        reboot={"boot_once": True, "power_cycle_after": 3},
-        machines={"h1": {"power_cycle": power_cycle}},
-    )
+    config = hanging_generation_config(lab, tmp_path)
 
     result = orchestrator(config, "run", timeout=240)
 
     assert result.returncode != 0, result.stderr
-    assert [e["host"] for e in lab.events(event="power_cycle")] == ["h1"]  # exactly once
+    assert [e["host"] for e in lab.events(event="power_cycle")] == ["h1"], result.stderr
     hung = lab.events("h1", "boot_hung")
     assert len(hung) == 1 and hung[0]["nixos_generation"] == 2
     booted = lab.events("h1", "booted", since=result.started)
@@ -306,15 +312,8 @@ def test_sigkill_at_each_new_state_then_resume_rolls_back_once_and_reboots_once_
 
 def test_sigkill_right_after_the_power_cycle_intent_never_power_cycles_twice(netlab, tmp_path):
     lab = netlab(["h1"], nixos=True, boot_time=0.5)
-    lab.set_deploy("h1", hangs_at_boot=True, kernel_version=NEW_KERNEL)
     known_good = lab.nixos_state("h1")["booted_system"]
-    power_cycle = [sys.executable, "-m", "tests.netlab", "power-cycle", str(lab.dir), "h1"]
-    config = rollout_config(
-        lab,
-        tmp_path,
-        reboot={"boot_once": True, "power_cycle_after": 3},
-        machines={"h1": {"power_cycle": power_cycle}},
-    )
+    config = hanging_generation_config(lab, tmp_path)
     started = time.time()
     first = spawn(config, "run", log=tmp_path / "first.log")
     deadline = time.monotonic() + 180

@@ -981,6 +981,18 @@ class Lab:
         (a one-shot entry was used up by the boot before). Logs `power_cycle`."""
         self._request(host, {"cmd": "power_cycle"})
 
+    def power_cycle_command(self, host: str | Host) -> list[str]:
+        """argv of `power-cycle DIR HOST` for the orchestrator's `machines.<m>.power_cycle`:
+        runs from any working directory (the orchestrator runs it in `flake`), because it
+        finds this repository by path rather than through `python -m` and the cwd."""
+        repo = str(Path(__file__).resolve().parents[2])
+        code = (
+            "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from tests.netlab.cli import main; sys.exit(main(sys.argv[1:]))"
+        )
+        name = self._host(host).name
+        return [sys.executable, "-c", code, repo, "power-cycle", str(self.dir), name]
+
     # -- fake NixOS ---------------------------------------------------------------------------
     def is_nixos(self, host: str | Host) -> bool:
         return self._host(host).name in self.nixos_hosts

@@ -219,8 +219,11 @@ def test_the_script_on_a_machine_without_nixos(tmp_path: Path):
     assert parse(result.stdout) == NotNixos("no /run/booted-system")
 
 
-@pytest.mark.skipif(os.path.lexists("/run/booted-system"), reason="this machine is NixOS")
 def test_read_through_a_local_host_on_this_machine():
     host = LocalHost("self", Path("/proc/sys/kernel/random/boot_id"), ["true"], ["true"])
     facts = asyncio.run(generations.read(host, 10.0))
-    assert facts == NotNixos("no /run/booted-system")
+    if os.path.lexists("/run/booted-system"):  # a NixOS machine: its own booted system
+        assert isinstance(facts, GenerationFacts)
+        assert facts.booted.system == os.path.realpath("/run/booted-system")
+    else:
+        assert facts == NotNixos("no /run/booted-system")
