@@ -208,8 +208,11 @@ def plan(ctx: Context) -> int:
     per_machine = settings.deploy.mode == "per-machine"
     if per_machine:
         click.echo(f"deploy per machine: `{display(settings.deploy.machine_command)}`")
-    steps = work_states(RunKind.NIGHTLY, config.machine_order, per_machine_deploy=per_machine)
+    steps = work_states(RunKind.NIGHTLY, config.waves.names, per_machine_deploy=per_machine)
     click.echo("steps: " + " -> ".join([*steps, "done"]))
+    for wave, group in zip(config.waves.names, config.waves.groups, strict=True):
+        if len(group) > 1:
+            click.echo(f"{wave}: {', '.join(group)} (rebooted and gated together)")
     reboot = settings.reboot
     click.echo(
         f"gate: {reboot.stable_passes} passes {reboot.poll_interval:g}s apart, "
@@ -259,7 +262,8 @@ def validate_config(ctx: Context) -> int:
     text = read_config_text(ctx.config_path)
     config = parse_config(ctx.config_path, text)
     remember_valid(text, os.environ, config.settings.state_dir)
-    click.echo(f"{config.path}: ok ({' -> '.join(config.machine_order)})")
+    order = " -> ".join(" + ".join(group) for group in config.waves.groups)
+    click.echo(f"{config.path}: ok ({order})")
     return EXIT_OK
 
 

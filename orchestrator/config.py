@@ -40,6 +40,7 @@ from health_checks.schema import (
 from orchestrator import defaults
 from orchestrator.errors import ConfigError
 from orchestrator.paths import load_yaml, read_config_text
+from orchestrator.states import WAVE_PREFIX, Waves
 from orchestrator.window import Window
 
 MACHINE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
@@ -610,6 +611,24 @@ class Config(ConfigModel):
         "touching anything.",
         examples=[True],
     )
+    max_unavailable: int = Field(
+        default=1,
+        ge=1,
+        strict=True,  # `true` is not 1 machine
+        description="How many machines may be down at once: the machines, in reboot order, "
+        "go down in waves of this many, rebooted and gated together; a failure stops the run "
+        "after its wave. A machine that `depends_on` one of the wave starts the next wave. "
+        "The `local: true` machine always goes alone and last. Not with `waves`.",
+        examples=[1, 5],
+    )
+    waves: list[Annotated[list[str], Field(min_length=1)]] | None = Field(
+        default=None,
+        description="The waves by name, instead of `max_unavailable`: every machine in exactly "
+        "one, a dependency in an earlier wave than the machine, the `local: true` machine "
+        "alone in the last. Their order is the reboot order (`order` is not needed).",
+        examples=[[["sleeper-service"], ["grey-area", "reverse-proxy"], ["self"]]],
+        json_schema_extra={"example_commented_out": True},
+    )
     order: list[str] | None = Field(
         default=None,
         description="Reboot order as a list, when the mapping of machines cannot keep order "
@@ -637,6 +656,14 @@ class LoadedConfig(BaseModel):
     settings: Config
     flake_dir: Path
     machine_order: tuple[str, ...]
+    waves: Waves = Field(default_factory=lambda: Waves(()))
+
+    def run_waves(self, names: tuple[str, ...]) -> Waves:
+        """The waves of a run of ``names``: the configured ones, or one machine at a time for
+        a run of a single machine (`orchestrator reboot MACHINE`)."""
+        if names == self.machine_order:
+            return self.waves
+        return Waves.one_by_one(names)
 
     def machine(self, name: str) -> Machine:
         try:
@@ -748,6 +775,8 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
         for index, check in enumerate(machine.checks):
             _check_fits(path, name, index, check, config)
     order = tuple(config.order) if config.order is not None else tuple(config.machines)
+    if config.waves is not None:
+        order = _check_waves(path, config)
     if config.order is not None:
         unknown = [name for name in config.order if name not in config.machines]
         if unknown:
@@ -768,6 +797,77 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
             "itself and must be listed last"
         )
     return order
+
+
+def _check_waves(path: Path, config: Config) -> tuple[str, ...]:
+    """``waves``: every machine in exactly one; their order is the reboot order."""
+    key = f"{path}: waves"
+    if config.order is not None:
+        raise ConfigError(f"{path}: order: not with `waves`, whose order is the reboot order")
+    if config.max_unavailable != 1:
+        raise ConfigError(f"{path}: max_unavailable: not with `waves`; choose one")
+    seen: dict[str, int] = {}
+    for index, wave in enumerate(config.waves or ()):
+        for name in wave:
+            if name not in config.machines:
+                raise ConfigError(f"{key}[{index}]: {name!r} is not a machine")
+            if name in seen:
+                raise ConfigError(
+                    f"{key}[{index}]: {name} is already in waves[{seen[name]}]; a machine goes "
+                    "down in one wave"
+                )
+            seen[name] = index
+    missing = [name for name in config.machines if name not in seen]
+    if missing:
+        raise ConfigError(f"{key}: {missing[0]} is in no wave; list every machine once")
+    return tuple(name for wave in config.waves or () for name in wave)
+
+
+def _group_waves(path: Path, config: Config, order: tuple[str, ...]) -> Waves:
+    """The waves of a nightly run, checked: the configured ones, or ``max_unavailable``
+    machines at a time in reboot order, a machine that depends on one of the wave so far
+    starting the next; the local machine alone at the end either way."""
+    if config.waves is not None:
+        waves = Waves(tuple(tuple(wave) for wave in config.waves))
+        for index, wave in enumerate(config.waves):
+            local = [name for name in wave if config.machines[name].local]
+            if local and (len(wave) > 1 or index != len(config.waves) - 1):
+                raise ConfigError(
+                    f"{path}: waves[{index}]: the local machine {local[0]} reboots the "
+                    "orchestrator itself and must be alone in the last wave"
+                )
+            for name in wave:
+                clash = sorted(set(config.machines[name].depends_on) & set(wave))
+                if clash:
+                    raise ConfigError(
+                        f"{path}: machines.{name}.depends_on: {clash[0]} is in the same wave "
+                        f"(waves[{index}]); a dependency must be in an earlier wave"
+                    )
+    else:
+        groups: list[list[str]] = []
+        for name in order:
+            machine = config.machines[name]
+            current = groups[-1] if groups else None
+            if (
+                current is None
+                or machine.local
+                or config.machines[current[0]].local
+                or len(current) >= config.max_unavailable
+                or set(machine.depends_on) & set(current)
+            ):
+                groups.append([name])
+            else:
+                current.append(name)
+        waves = Waves(tuple(tuple(group) for group in groups))
+    if waves.grouped:
+        taken = [name for name in config.machines if name.startswith(WAVE_PREFIX)]
+        reserved = [name for name in taken if name[len(WAVE_PREFIX) :].isdigit()]
+        if reserved:
+            raise ConfigError(
+                f"{path}: machines.{reserved[0]}: with waves of several machines, "
+                f"`{WAVE_PREFIX}<number>` names a wave; rename the machine"
+            )
+    return waves
 
 
 def _check_dependencies(path: Path, config: Config, order: tuple[str, ...]) -> None:
@@ -802,8 +902,11 @@ def parse_config(path: Path, text: str) -> LoadedConfig:
         key, problem = _first_error(exc)
         raise ConfigError(f"{path}: {key}: {problem}") from None
     order = _check_machines(path, config)
+    waves = _group_waves(path, config, order)
     flake_dir = (config.flake or path.resolve().parent).expanduser()
-    return LoadedConfig(path=path, settings=config, flake_dir=flake_dir, machine_order=order)
+    return LoadedConfig(
+        path=path, settings=config, flake_dir=flake_dir, machine_order=order, waves=waves
+    )
 
 
 def load_config(path: Path) -> LoadedConfig:

@@ -52,9 +52,10 @@ TARGET_HELPER = ("lab-orchestrator-target",)
 # that finds one unhealthy waits up to this long for it, then aborts.
 INTERLOCK_ENABLED = True
 INTERLOCK_TIMEOUT = 600.0
-# How many of those rounds run at once (each holds an SSH connection and an HTTP request or
-# two): 40 machines on a 2-core controller are three waves, not 40 handshakes at once.
-INTERLOCK_CONCURRENCY = 16
+# How many machines are probed or connected to at once (preflight, plan, the interlock, the
+# warm-up of the next wave; each holds an SSH connection and an HTTP request or two): 40
+# machines on a 2-core controller are three batches, not 40 handshakes at once.
+PROBE_CONCURRENCY = 16
 # Preflight asks each machine up to this many rounds before calling it unhealthy.
 PREFLIGHT_ATTEMPTS = 3
 

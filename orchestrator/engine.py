@@ -18,10 +18,11 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import asyncssh
 
@@ -74,6 +75,8 @@ from orchestrator.states import (
 from orchestrator.store import MachineRecord, RunRecord, StepProcess, Store, now
 
 log = logging.getLogger("orchestrator")
+_T = TypeVar("_T")
+_I = TypeVar("_I")
 
 
 class RunAborted(OrchestratorError):
@@ -201,19 +204,31 @@ async def plan_probe(
             return str(exc)
 
     try:
-        rounds = await asyncio.gather(*(preflight_round(config, h, http, policy) for h in hosts))
+        rounds = await bounded(hosts, lambda host: preflight_round(config, host, http, policy))
         passed = [
             host
             for host, result in zip(hosts, rounds, strict=True)
             if result.passed and config.machine(host.name).generations
         ]
-        read = await asyncio.gather(*(facts(host) for host in passed))
+        read = await bounded(passed, facts)
     finally:
         await http.aclose()
         for host in hosts:
             await host.close()
     verdicts = flag_shared_boot_ids(dict(zip(config.machine_order, rounds, strict=True)))
     return verdicts, {host.name: answer for host, answer in zip(passed, read, strict=True)}
+
+
+async def bounded(items: Sequence[_I], work: Callable[[_I], Awaitable[_T]]) -> list[_T]:
+    """``work`` for every item, ``defaults.PROBE_CONCURRENCY`` at a time, results in order:
+    500 machines probed at once would be 500 SSH handshakes racing their own timeouts."""
+    limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
+
+    async def one(item: _I) -> _T:
+        async with limit:
+            return await work(item)
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 async def preflight_round(
@@ -259,10 +274,12 @@ class Engine:
         build_machine(
             self.model,
             run.kind,
-            run.machine_names,
+            run.waves.names,
             initial=run.state,
             per_machine_deploy=run.per_machine_deploy,
         )
+        self.waves = run.waves
+        self.kind = run.kind
         self.policy = gate_policy(config)
         self._hosts: dict[str, Host] = {}
         self._warming: set[asyncio.Task[None]] = set()
@@ -276,13 +293,14 @@ class Engine:
     def record(self) -> RunRecord:
         return self.store.run(self.run_id)
 
+    def _machine(self, name: str) -> MachineRecord:
+        return self.store.machine(self.run_id, name)
+
     def host(self, name: str) -> Host:
         if name not in self._hosts:
             # The key seen in preflight (or before the reboot) is the only one accepted
             # afterwards, even if known_hosts lists several for the machine.
-            self._hosts[name] = make_host(
-                self.config, name, lambda: self.record.machine(name).host_key
-            )
+            self._hosts[name] = make_host(self.config, name, lambda: self._machine(name).host_key)
         return self._hosts[name]
 
     def target(self, name: str) -> GateTarget:
@@ -309,8 +327,10 @@ class Engine:
         resumed: bool = False,
         waiting: Waiting | None = None,
     ) -> None:
-        summary = report.summarize(self.record)
-        await self.events.emit(RunEvent(kind, summary, machine, resumed, waiting))
+        await self.events.emit(RunEvent(kind, self._summary, machine, resumed, waiting))
+
+    def _summary(self) -> report.RunSummary:
+        return report.summarize(self.record)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -346,7 +366,7 @@ class Engine:
                 except OrchestratorError as exc:
                     # RunAborted, HostKeyChanged, RebootRefused, ProcessFailed, a missing
                     # known_hosts file: each ends the rollout at this machine.
-                    machine = getattr(exc, "machine", None) or state.machine
+                    machine = getattr(exc, "machine", None) or self._sole_machine(state.machine)
                     await self._end_aborted(str(exc), machine)
                     break
                 except Exception as exc:
@@ -355,7 +375,7 @@ class Engine:
                     # (Not BaseException: Ctrl-C or a cancellation is an interruption, and
                     # the next run or resume continues from the saved state.)
                     log.debug("run %d: internal error in %s", self.run_id, state, exc_info=True)
-                    await self._end_aborted(internal_error(exc), state.machine)
+                    await self._end_aborted(internal_error(exc), self._sole_machine(state.machine))
                     break
                 await self._fire(trigger or ADVANCE)
                 if trigger == PAUSE:
@@ -372,23 +392,63 @@ class Engine:
         for host in self._hosts.values():
             await host.close()
 
-    def _warm_up_next(self, name: str) -> None:
-        """Open the SSH connection to the machine after ``name`` while ``name`` is verifying,
-        so that its boot-id read and reboot request need no handshake once ``name`` passes.
-        Best effort: a failure here is met again, and reported, by the real command."""
-        names = self.record.machine_names
-        after = names[names.index(name) + 1 :]
-        if not after or self.config.machine(after[0]).local:
-            return
-        host = self.host(after[0])
+    def _warm_up_next(self, wave: str) -> None:
+        """Open the SSH connections to the machines of the wave after ``wave`` while ``wave``
+        is verifying, so that their boot-id reads and reboot requests need no handshake once
+        ``wave`` passes. Best effort: a failure here is met again, and reported, by the real
+        command."""
+        limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
 
-        async def connect() -> None:
-            with contextlib.suppress(ProbeFailed, OrchestratorError):
-                await host.connect(self.policy.timeouts.connect)
+        async def connect(host: Host) -> None:
+            async with limit:
+                with contextlib.suppress(ProbeFailed, OrchestratorError):
+                    await host.connect(self.policy.timeouts.connect)
 
-        task = asyncio.create_task(connect())
-        self._warming.add(task)
-        task.add_done_callback(self._warming.discard)
+        for name in self.waves.after(wave):
+            if self.config.machine(name).local:
+                continue
+            task = asyncio.create_task(connect(self.host(name)))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    def _sole_machine(self, wave: str | None) -> str | None:
+        """The machine an error in ``wave``'s state concerns: its only one, else none (a
+        wave's handlers name the machine in the error, or record each machine's own)."""
+        if wave is None:
+            return None
+        members = self.waves.members(wave)
+        return members[0] if len(members) == 1 else None
+
+    async def _each(
+        self, names: Sequence[str], work: Callable[[str], Awaitable[_T]]
+    ) -> dict[str, _T]:
+        """``work`` for every machine of a wave at once, each to its end: a wave is rebooted
+        and gated together, and one machine's failure must not cut another's work short
+        (a reboot sent, a gate half-way). Then the failures, if any, end the run: one
+        machine's error as it is; several are each recorded against their machine and
+        raised as one line."""
+        if len(names) == 1:
+            return {names[0]: await work(names[0])}
+        results = await asyncio.gather(*(work(name) for name in names), return_exceptions=True)
+        done: dict[str, _T] = {}
+        failed: list[tuple[str, OrchestratorError]] = []
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, OrchestratorError):
+                failed.append((name, result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                done[name] = result
+        if failed:
+            raise self._wave_failed(failed)
+        return done
+
+    def _wave_failed(self, failed: Sequence[tuple[str, OrchestratorError]]) -> OrchestratorError:
+        if len(failed) == 1:
+            return failed[0][1]
+        for name, error in failed:
+            self.store.record_machine_error(self.run_id, name, str(error))
+        return RunAborted("; ".join(str(error) for _, error in failed))
 
     async def _end_aborted(self, message: str, machine: str | None) -> None:
         if machine is not None:
@@ -404,8 +464,8 @@ class Engine:
             return None
         names = self.record.machine_names
         log.info("preflight: probing %s", ", ".join(names))
-        results = await asyncio.gather(
-            *(preflight_round(self.config, self.host(n), self._http, self.policy) for n in names)
+        results = await bounded(
+            names, lambda n: preflight_round(self.config, self.host(n), self._http, self.policy)
         )
         rounds = flag_shared_boot_ids(dict(zip(names, results, strict=True)))
         failures = [f"{name}: {r.first_failure}" for name, r in rounds.items() if not r.passed]
@@ -429,14 +489,18 @@ class Engine:
             self._check_abort("deploying")
             await self._step("deploy", deploy.command, deploy.timeout)
             return None
-        # deploy.mode: per-machine. Runs again after a kill (the killed one is ended first):
-        # a deploy is idempotent, and only its success lets this machine be rebooted. Not
-        # outside the window either: the new generation would be what a power cut boots.
+        # deploy.mode: per-machine, for each machine of the wave in turn (one step runs at a
+        # time). A deploy cut short by a kill runs again (the killed one is ended first): it is
+        # idempotent, and only its success lets the machine be rebooted. Not outside the
+        # window either: the new generation would be what a power cut boots.
         if self._window_closed(name):
             return PAUSE
-        self._check_abort(f"deploying {name}")
-        await self._step(f"deploy {name}", deploy.machine_argv(name), deploy.timeout)
-        self.store.record_deployed(self.run_id, name)
+        for machine in self.waves.members(name):
+            if self._machine(machine).deployed_at is not None:
+                continue
+            self._check_abort(f"deploying {machine}")
+            await self._step(f"deploy {machine}", deploy.machine_argv(machine), deploy.timeout)
+            self.store.record_deployed(self.run_id, machine)
         return None
 
     async def _step(self, label: str, argv: list[str], timeout: float) -> None:
@@ -465,14 +529,14 @@ class Engine:
             raise RunAborted(f"{label}: {exc}") from None
         finally:
             # The group is stopped by now (process.run stops it on every exit).
-            if self.record.step_process is not None:
+            if self.store.step_process(self.run_id) is not None:
                 self.store.clear_step_process(self.run_id)
         log.info("%s: done", label)
 
     async def _end_orphaned_step(self, label: str) -> None:
         """End the step a killed orchestrator left running, so the step never runs twice at
         once; a process group whose id was since reused by someone else is left alone."""
-        step = self.record.step_process
+        step = self.store.step_process(self.run_id)
         if step is None:
             return
         pgid = step.pgid
@@ -496,7 +560,7 @@ class Engine:
         its first state, before anything is done to it. `orchestrator reboot MACHINE` is a
         person asking now, and is never held back."""
         hours = self.settings.window.window
-        if hours is None or self.record.kind is RunKind.REBOOT:
+        if hours is None or self.kind is RunKind.REBOOT:
             return False
         moment = window.local_now()
         if hours.contains(moment):
@@ -518,71 +582,106 @@ class Engine:
         log.info("run %d: the maintenance window is open: going on with %s", self.run_id, name)
         return None
 
-    async def rebooting(self, name: str | None) -> str | None:
-        assert name is not None
-        record = self.record.machine(name)
-        host = self.host(name)
+    async def rebooting(self, wave: str | None) -> str | None:
+        """Take the wave's machines down together: each one's boot id and generation read,
+        its reboot decided, its intent committed, and only then the reboot requests, all at
+        once. After an interruption, a machine whose intent is saved has its reboot checked
+        (and sent again if it never started); the others go on as if nothing happened."""
+        assert wave is not None
         run = self.record
+        members = self.waves.members(wave)
+        records = [run.machine(name) for name in members]
+        sent = [r.name for r in records if r.reboot_requested_at is not None]
         first = machine_phases(run.kind, run.per_machine_deploy)[0] is Phase.REBOOTING
-        if first and record.reboot_requested_at is None and self._window_closed(name):
+        if first and not sent and self._window_closed(wave):
             return PAUSE
-        if record.reboot_requested_at is not None and record.boot_id_before is not None:
-            if await self._reboot_under_way(name, host, record.boot_id_before):
-                return None
-            log.info(
-                "%s: the reboot requested before the interruption never started; "
-                "requesting it again",
-                name,
-            )
-            self._check_abort(f"rebooting {name}")
-            self.store.record_reboot_resend(self.run_id, name)
-            await host.request_reboot()
-            return None
-        # No reboot intent is saved yet: nothing has been done to this machine. The interlock
-        # needs no state of its own: a kill during it leaves the run in rebooting:<name> with
-        # no intent, so the resume simply asks the fleet again.
-        await self._interlock(name)
+        if sent:
+            await self._each(sent, self._resume_reboot)
+        fresh = [r.name for r in records if r.reboot_requested_at is None and not r.skipped]
+        if fresh:
+            # No reboot intent is saved for these: nothing has been done to them. The
+            # interlock needs no state of its own: a kill during it leaves the run in
+            # rebooting:<wave> with no intent, so the resume simply asks the fleet again.
+            await self._interlock(wave)
+            self._check_abort(f"rebooting {wave}")
+            boot_ids = await self._each(fresh, self._before_reboot)
+            going = [name for name in fresh if boot_ids[name] is not None]
+            self._check_abort(f"rebooting {wave}")
+            for name in going:
+                boot_id = boot_ids[name]
+                assert boot_id is not None
+                host = self.host(name)
+                self.store.record_reboot_intent(self.run_id, name, boot_id, host.host_key)
+                log.info("%s: rebooting (boot id %s)", name, boot_id)
+            await self._each(going, self._request_reboot)
+        if all(self._machine(name).skipped for name in members):
+            return SKIP
+        return None
+
+    async def _resume_reboot(self, name: str) -> None:
+        """A machine whose reboot intent was saved before an interruption."""
+        record = self._machine(name)
+        if record.boot_id_before is None:
+            return
+        host = self.host(name)
+        if await self._reboot_under_way(name, host, record.boot_id_before):
+            return
+        log.info(
+            "%s: the reboot requested before the interruption never started; requesting it again",
+            name,
+        )
         self._check_abort(f"rebooting {name}")
+        self.store.record_reboot_resend(self.run_id, name)
+        await host.request_reboot()
+
+    async def _before_reboot(self, name: str) -> str | None:
+        """Everything read and decided before a machine's reboot: its boot id (None: it is
+        skipped), its generation, and the boot-once entry."""
+        host = self.host(name)
         try:
             boot_id = await host.read_boot_id(self.policy.timeouts.command)
         except ProbeFailed as exc:
-            raise RunAborted(f"{name}: cannot read the boot id before rebooting: {exc}") from None
+            raise RunAborted(
+                f"{name}: cannot read the boot id before rebooting: {exc}", name
+            ) from None
         if boot_id is None:
             raise RunAborted(
                 f"{name}: boot id is not a UUID; refusing to reboot a machine whose return "
-                "could not be proven"
+                "could not be proven",
+                name,
             )
+        record = self._machine(name)
         if record.nixos is None:
             # Not read again after a kill before the intent was saved: no reboot was sent,
             # so what was read then still holds (and the warning is not repeated).
             await self._generation_before(name, host)
             # That read may have taken a while: an abort asked for meanwhile still wins.
             self._check_abort(f"rebooting {name}")
-            record = self.record.machine(name)
+            record = self._machine(name)
         if not self._decide_reboot(name, record):
-            return SKIP
-        await self._boot_once(name, host, self.record.machine(name))
-        self._check_abort(f"rebooting {name}")
-        self.store.record_reboot_intent(self.run_id, name, boot_id, host.host_key)
-        log.info("%s: rebooting (boot id %s)", name, boot_id)
-        await host.request_reboot()
+            return None
+        await self._boot_once(name, host, self._machine(name))
+        return boot_id
+
+    async def _request_reboot(self, name: str) -> None:
+        await self.host(name).request_reboot()
         log.info("%s: reboot requested", name)
         await self._emit(EventKind.MACHINE_REBOOTING, name)
-        return None
 
     async def _interlock(self, name: str) -> None:
-        """The fleet interlock: before ``name`` is taken down, every other machine of the run
-        (done or still pending; a skipped one was never taken down and is left out) gets one
-        bounded gate round, all at once, as in preflight. While any fails, nothing is taken
-        down: every ``reboot.poll_interval`` the fleet is asked again, until all pass or
-        ``interlock.timeout`` runs out (then the run aborts, naming the machine and its
-        probe) or an ``orchestrator abort`` arrives."""
+        """The fleet interlock: before wave ``name`` is taken down, every machine of the run
+        outside it (done or still pending; a skipped one was never taken down and is left
+        out) gets one bounded gate round, all at once, as in preflight. While any fails,
+        nothing is taken down: every ``reboot.poll_interval`` the fleet is asked again, until
+        all pass or ``interlock.timeout`` runs out (then the run aborts, naming the machine
+        and its probe) or an ``orchestrator abort`` arrives."""
         settings = self.settings.interlock
         machines = self.record.machines
-        others = [m.name for m in machines if m.name != name and not m.skipped]
+        members = set(self.waves.members(name))
+        others = [m.name for m in machines if m.name not in members and not m.skipped]
         if not settings.enabled or not others:
             return  # `orchestrator reboot MACHINE`: a run of one, there are no others
-        limit = asyncio.Semaphore(defaults.INTERLOCK_CONCURRENCY)
+        limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
 
         async def probe(other: str) -> GateRound:
             async with limit:
@@ -596,7 +695,9 @@ class Engine:
             for other, answer in zip(others, answers, strict=True):
                 if isinstance(answer, OrchestratorError):
                     # A changed host key: not something waiting mends.
-                    raise RunAborted(f"interlock: {answer}; not taking {name} down", name)
+                    raise RunAborted(
+                        f"interlock: {answer}; not taking {name} down", self._sole_machine(name)
+                    )
                 if isinstance(answer, BaseException):
                     raise answer
                 if failing is None and answer.first_failure is not None:
@@ -618,7 +719,7 @@ class Engine:
                 # stopped at is this one; the message names the unhealthy one and its probe.
                 raise RunAborted(
                     f"interlock: {other} is unhealthy ({probe_text}); not taking {name} down",
-                    name,
+                    self._sole_machine(name),
                 )
             self._check_abort(f"rebooting {name}")
             remaining = deadline - time.monotonic()
@@ -635,7 +736,7 @@ class Engine:
         reboot = self.settings.reboot
         need = generations.reboot_need(facts, reboot.if_changed)
         # `orchestrator reboot MACHINE` is a request for a reboot: never skipped.
-        asked = self.record.kind is RunKind.REBOOT
+        asked = self.kind is RunKind.REBOOT
         if need.needed or reboot.when == "always" or asked:
             why = "requested by `orchestrator reboot`" if asked else "reboot.when is always"
             reason = need.reason if need.needed else f"{why} ({need.reason})"
@@ -718,7 +819,7 @@ class Engine:
     async def _generation_after(self, name: str) -> None:
         """Record what the machine came back on, once it passed the gate: only for a machine
         whose facts were read before (the others were warned about once, then)."""
-        if self.record.machine(name).nixos is not True:
+        if self._machine(name).nixos is not True:
             return
         try:
             facts = await generations.read(self.host(name), self.policy.timeouts.command)
@@ -764,7 +865,7 @@ class Engine:
         gate = self.target(name)
         if expected_system is None:
             return gate
-        record = self.record.machine(name)
+        record = self._machine(name)
         known = {
             system: generation
             for system, generation in (
@@ -854,7 +955,7 @@ class Engine:
     async def _power_cycle(
         self, name: str, argv: list[str], dark_for: float, *, rollback: bool
     ) -> None:
-        record = self.record.machine(name)
+        record = self._machine(name)
         done = record.rollback_power_cycled_at if rollback else record.power_cycled_at
         if done is not None:
             return
@@ -882,12 +983,37 @@ class Engine:
         log.info("%s: power cycle done; waiting for the rest of reboot.timeout", name)
         self.host(name).drop()
 
-    async def verifying(self, name: str | None) -> str | None:
-        assert name is not None
-        record = self.record.machine(name)
+    async def verifying(self, wave: str | None) -> str | None:
+        """Gate every rebooted machine of the wave, all at once and each to its end; the wave
+        passes when all of them do. A failure stops the run after the wave: the machines
+        that can be rolled back are (``roll_back``), the others' errors are recorded."""
+        assert wave is not None
+        self._warm_up_next(wave)
+        rebooted = [n for n in self.waves.members(wave) if not self._machine(n).skipped]
+        if len(rebooted) == 1:
+            return await self._verify(rebooted[0])
+        results = await asyncio.gather(
+            *(self._verify(name) for name in rebooted), return_exceptions=True
+        )
+        failed: list[tuple[str, OrchestratorError]] = []
+        for name, result in zip(rebooted, results, strict=True):
+            if isinstance(result, OrchestratorError):
+                failed.append((name, result))
+            elif isinstance(result, BaseException):
+                raise result
+        if any(result == ROLL_BACK for result in results):
+            for name, error in failed:
+                self.store.record_machine_error(self.run_id, name, str(error))
+                log.error("%s: %s", name, error)
+            return ROLL_BACK
+        if failed:
+            raise self._wave_failed(failed)
+        return None
+
+    async def _verify(self, name: str) -> str | None:
+        record = self._machine(name)
         assert record.boot_id_before is not None
         expected = record.system_expected if record.nixos else None
-        self._warm_up_next(name)
         try:
             result = await self._await_gate(
                 name,
@@ -922,7 +1048,7 @@ class Engine:
 
     async def _make_default(self, name: str) -> None:
         """After boot-once and a passed gate: the new generation becomes the default."""
-        record = self.record.machine(name)
+        record = self._machine(name)
         if record.boot_once is None or record.made_default_at is not None:
             return
         assert record.system_expected is not None
@@ -943,7 +1069,7 @@ class Engine:
     async def _after_failure(self, name: str, failed: GateFailed) -> str:
         """A failed gate ends the rollout at this machine: rolled back first when
         ``on_failure: rollback``, its facts are known, and SSH still answers."""
-        record = self.record.machine(name)
+        record = self._machine(name)
         why_not = self._cannot_roll_back(record)
         if why_not is None:
             try:
@@ -982,21 +1108,33 @@ class Engine:
             return f"it already boots generation {record.generation_before}'s system"
         return None
 
-    async def rolling_back(self, name: str | None) -> str | None:
+    def _rolling_back(self, wave: str) -> list[str]:
+        """The machines of the wave whose failed gate started a rollback."""
+        return [
+            name
+            for name in self.waves.members(wave)
+            if self._machine(name).rollback_started_at is not None
+        ]
+
+    async def rolling_back(self, wave: str | None) -> str | None:
+        assert wave is not None
+        await self._each(self._rolling_back(wave), self._roll_back)
+        return None
+
+    async def _roll_back(self, name: str) -> None:
         """Make the known-good system the boot default again, then reboot into it. Both
         steps have their intent committed first; the helper is idempotent (a second call
         makes no second generation), so a resume after a kill rolls back exactly once."""
-        assert name is not None
-        record = self.record.machine(name)
+        record = self._machine(name)
         host = self.host(name)
         if record.rollback_requested_at is not None and record.rollback_boot_id_before:
             if await self._reboot_under_way(name, host, record.rollback_boot_id_before):
-                return None
+                return
             log.info("%s: the rollback reboot never started; requesting it again", name)
             self._check_abort(f"the rollback reboot of {name}")
             self.store.record_rollback_reboot_resend(self.run_id, name)
             await host.request_reboot()
-            return None
+            return
         assert record.system_before is not None
         self._check_abort(f"rolling back {name}")
         if record.rollback_done_at is None:
@@ -1035,13 +1173,17 @@ class Engine:
         )
         await host.request_reboot()
         await self._emit(EventKind.MACHINE_REBOOTING, name)
-        return None
 
-    async def verifying_rollback(self, name: str | None) -> str | None:
-        """The same gate, against the known-good system. The run ends ``aborted`` either
-        way: the generation it was deploying failed on this machine."""
-        assert name is not None
-        record = self.record.machine(name)
+    async def verifying_rollback(self, wave: str | None) -> str | None:
+        """The same gate, against the known-good system, for every machine of the wave that
+        was rolled back. The run ends ``aborted`` either way: the generation it was
+        deploying failed on them."""
+        assert wave is not None
+        await self._each(self._rolling_back(wave), self._verify_rollback)
+        raise AssertionError("unreachable: every rolled-back machine ends the run")
+
+    async def _verify_rollback(self, name: str) -> None:
+        record = self._machine(name)
         assert record.rollback_boot_id_before is not None
         try:
             result = await self._await_gate(
@@ -1078,7 +1220,9 @@ class Engine:
     async def settling(self, name: str | None) -> str | None:
         assert name is not None
         settle = self.settings.reboot.settle
-        healthy_at = self.record.machine(name).healthy_at
+        # A wave settles from the last of its machines to be proven healthy.
+        times = [self._machine(m).healthy_at for m in self.waves.members(name)]
+        healthy_at = max((t for t in times if t is not None), default=None)
         if settle <= 0 or healthy_at is None:
             return None
         # Measured from healthy_at, so a resume does not start the wait over.
@@ -1131,12 +1275,23 @@ async def _drive(
         return await Engine(config, store, run, events).drive(resumed=True)
     if start is None:
         return None
-    names = [only] if only else list(config.machine_order)
+    names = (only,) if only else config.machine_order
     machines = [(name, config.machine(name).local) for name in names]
     per_machine = start is RunKind.NIGHTLY and config.settings.deploy.mode == "per-machine"
-    run = store.create_run(start, machines, config.path, per_machine_deploy=per_machine)
+    waves = config.run_waves(names)
+    run = store.create_run(
+        start,
+        machines,
+        config.path,
+        per_machine_deploy=per_machine,
+        waves=waves if waves.grouped else None,
+    )
     logs.set_run_context(run.run_id, run.state)
-    log.info("run %d: %s run of %s", run.run_id, start.value, " -> ".join(names))
+    shown = " -> ".join(
+        " + ".join(group) if len(group) <= 4 else f"{group[0]} + … + {group[-1]} ({len(group)})"
+        for group in waves.groups
+    )
+    log.info("run %d: %s run of %s", run.run_id, start.value, shown)
     return await Engine(config, store, run, events).drive(resumed=False)
 
 
@@ -1192,7 +1347,7 @@ async def _abort_idle(config_path: Path, store: Store, run: RunRecord) -> str:
     build_machine(
         model,
         run.kind,
-        run.machine_names,
+        run.waves.names,
         initial=run.state,
         per_machine_deploy=run.per_machine_deploy,
     )

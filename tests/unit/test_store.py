@@ -281,7 +281,7 @@ def test_a_v1_store_is_migrated_when_a_run_opens_it(tmp_path):
         # Runs that ended before v2 count as reported: no old run fires a hook now.
         assert store.unreported_end() is None
     version, columns = schema_of(path)
-    assert version == str(SCHEMA_VERSION) == "6"
+    assert version == str(SCHEMA_VERSION) == "7"
     assert "end_reported_at" in columns
     assert runs[1].end_reported_at == runs[1].finished_at is not None
     assert runs[2].end_reported_at == runs[2].finished_at is not None
