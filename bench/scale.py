@@ -1,6 +1,7 @@
 """The scale bench of issue 11 (item 5): the orchestrator against 4 to 500 simulated machines.
 
-    .venv/bin/python -m bench.scale [--sizes 4 40 100 500] [--wave-size N] [--interlock on off]
+    .venv/bin/python -m bench.scale [--sizes 4 40 100 500] [--wave-size N ...]
+        [--interlock on off] [--profile no|also|only]
 
 Each case starts the in-process simulated lab (``orchestrator.demo.simlab.SimLab``: asyncssh
 servers and HTTP health endpoints on loopback, one pair per machine) in this process's asyncio
@@ -25,11 +26,11 @@ What it measures, per case:
 
 Why the lab shares the bench's process: the orchestrator is a separate process either way,
 and each side gets one of the machine's cores; the lab's CPU is reported beside the
-orchestrator's so a starved lab (its CPU close to the wall time) would show. ``--profile``
-runs every case once more with the child under ``cProfile`` (not counted in the table) and
-lists the functions with the most cumulative time, e.g. the engine's re-reads of the run from
-SQLite. The soft limit of open files is raised to its hard limit (500 machines hold about
-1,000 listening sockets plus the connections to them).
+orchestrator's so a starved lab (its CPU close to the wall time) would show. ``--profile also``
+runs the largest size's interlock-off case once more with the child under ``cProfile`` (not
+counted in the table) and lists the functions with the most cumulative time, e.g. the
+engine's re-reads of the run from SQLite. The soft limit of open files is raised to its
+hard limit (500 machines hold about 1,000 listening sockets plus the connections to them).
 
 Results go to bench/scale-results.json and bench/scale-results.md; each case's config, store
 and orchestrator log stay in a directory under /tmp (printed) with ``--keep``.
@@ -494,7 +495,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             "CPU per machine beyond the smallest run's (its start-up and fixed costs), "
-            "`(cpu(N) - cpu(N0)) / (N - N0)`, by wave size and interlock:",
+            "`(cpu(N) - cpu(N0)) / (N - N0)`, one at a time or in waves, interlock on or off:",
             "",
         ]
         for key, values in results["marginal_cpu_ms_per_machine"].items():
@@ -525,8 +526,11 @@ async def run_all(args: argparse.Namespace, root: Path) -> list[Result]:
     results = []
     interlock = [s == "on" for s in args.interlock]
     modes = {"no": (False,), "also": (False, True), "only": (True,)}[args.profile]
+    # Profiled: the largest size's cases with the interlock off (or on, when only that runs).
+    profiled = (max(args.sizes), False not in interlock)
     for case in cases(args.sizes, args.wave_size, interlock, args.one_by_one_max):
-        for profile in modes:
+        chosen = (case.machines, case.interlock) == profiled
+        for profile in modes if chosen else (False,):
             label = f"{case.name}{' (profiled)' if profile else ''}"
             print(f"scale: {label} ...", file=sys.stderr, flush=True)
             result = await run_case(case, args, root, profile)
@@ -597,13 +601,13 @@ def main(argv: list[str] | None = None) -> int:
     table = [r for r in all_results if not r.profiled]
     profiles = [r for r in all_results if r.profiled]
     marginal: dict[str, dict[int, float]] = {}
-    for wave_key in sorted({(r.case.wave_size, r.case.interlock) for r in table if r.ok}):
+    for group in sorted({(r.case.wave_size > 1, r.case.interlock) for r in table if r.ok}):
         cpu = {
             r.case.machines: r.cpu_s
             for r in table
-            if r.ok and (r.case.wave_size, r.case.interlock) == wave_key
+            if r.ok and (r.case.wave_size > 1, r.case.interlock) == group
         }
-        key = f"waves of {wave_key[0]}, interlock {'on' if wave_key[1] else 'off'}"
+        key = f"{'waves' if group[0] else 'one at a time'}, interlock {'on' if group[1] else 'off'}"
         marginal[key] = marginal_ms(cpu)
     results = {
         "command": " ".join(["python -m bench.scale", *(sys.argv[1:] if argv is None else argv)]),

@@ -93,6 +93,8 @@ CREATE TABLE IF NOT EXISTS steps (
     state TEXT NOT NULL,
     entered_at TEXT NOT NULL
 );
+-- status reads the latest run's steps: without this, a scan of every run's (schema 7)
+CREATE INDEX IF NOT EXISTS steps_by_run ON steps(run_id);
 """
 
 
