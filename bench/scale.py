@@ -331,13 +331,28 @@ async def run_child(argv: list[str], log: Path, cwd: Path, limit_s: float) -> tu
 
 
 def profile_lines(path: Path, top: int) -> list[str]:
-    """The profile's functions with the most cumulative time, plus the watched ones."""
+    """The profile's functions with the most cumulative time, then the watched ones."""
     stream = io.StringIO()
     stats = pstats.Stats(str(path), stream=stream)
     stats.strip_dirs().sort_stats("cumulative").print_stats(top)
     for pattern in WATCHED:
         stats.print_stats(pattern, 3)
-    return [line.rstrip() for line in stream.getvalue().splitlines() if line.strip()]
+    return tidy_profile(stream.getvalue().splitlines())
+
+
+def tidy_profile(lines: list[str]) -> list[str]:
+    """pstats' output without the header it repeats before each listing: the first header,
+    then only the function rows (a row ends with ``(function)`` or ``{built-in}``)."""
+    out: list[str] = []
+    seen_header = False
+    for line in (line.rstrip() for line in lines if line.strip()):
+        if line.lstrip().startswith("ncalls"):
+            if not seen_header:
+                out.append(line)
+            seen_header = True
+        elif not seen_header or line.endswith((")", "}")):
+            out.append(line)
+    return out
 
 
 # -- one case -------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def history(ctx: Context, limit: int) -> int:
 
     store = ctx.open_store()
     with store or contextlib.nullcontext():
-        runs = store.runs(limit) if store else []
+        runs = store.run_heads(limit) if store else []
     width = report.terminal_width(os.environ, sys.stdout)
     for line in report.history_lines(runs, width) or ["no runs yet"]:
         click.echo(line)

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from health_checks.text import from_host
 from orchestrator.generations import GenerationFacts, store_name
 from orchestrator.states import Phase, StateName, machine_state
-from orchestrator.store import MachineRecord, RunRecord, iso, now
+from orchestrator.store import MachineRecord, RunHead, RunRecord, iso, now
 
 STATUS_NOTE_MAX = 2048  # one machine's notes or one error, as shown by status and history
 
@@ -681,7 +681,7 @@ def status_text(
     stream.flush()
 
 
-def history_lines(runs: list[RunRecord], width: int = 80) -> list[str]:
+def history_lines(runs: Sequence[RunHead | RunRecord], width: int = 80) -> list[str]:
     """One line per run, at most ``width`` columns: the state (with the error of an aborted
     run) comes last, so a long one is what gets cut (``…``)."""
     lines = []

@@ -70,3 +70,19 @@ def test_add_history_keeps_the_latest_run_latest(tmp_path: Path) -> None:
         assert runs[1].started_at < runs[0].started_at
     with sqlite3.connect(tmp_path / "state.db") as db:
         assert db.execute("SELECT seq FROM sqlite_sequence WHERE name='runs'").fetchone()[0] == 6
+
+
+def test_tidy_profile_keeps_one_header_and_the_rows() -> None:
+    header = "   ncalls  tottime  percall  cumtime  percall filename:lineno(function)"
+    lines = [
+        "Thu Dec  3 00:00:00 2026    run.prof",
+        header,
+        "      500    0.003    7.235    0.014 remote.py:242(load_known_hosts)",
+        "    12096   16.824    16.824    0.001 {method 'poll' of 'select.epoll' objects}",
+        "",
+        "Thu Dec  3 00:00:00 2026    run.prof",
+        "   List reduced from 6042 to 1 due to restriction <'_interlock'>",
+        header,
+        "       20    0.001    0.781    0.039 engine.py:671(_interlock)",
+    ]
+    assert scale.tidy_profile(lines) == [lines[0], *lines[1:4], lines[8]]
