@@ -348,11 +348,13 @@ def _damaged(state_dir: Path, damage: str) -> None:
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_a_corrupt_store_raises_one_store_error_line(tmp_path, damage, create):
     _damaged(tmp_path / "state", damage)
-    with pytest.raises(StoreError) as caught:
-        # A run finds the damage on opening; a reader (which checks only the runs table
-        # then, for speed) at the latest when it reads the damaged part.
-        with Store.open(tmp_path / "state", create=create) as store:
-            store.runs()
+    # A run finds the damage on opening; a reader (which checks only the runs table then, for
+    # speed) at the latest when it reads the damaged part.
+    with (
+        pytest.raises(StoreError) as caught,
+        Store.open(tmp_path / "state", create=create) as store,
+    ):
+        store.runs()
     error = caught.value
     message = str(error)
     assert "\n" not in message
