@@ -39,6 +39,7 @@ $(ANSIBLE_STAMP): $(STAMP) bench/constraints-ansible.txt
 bench: $(ANSIBLE_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.ansible_peer $(PEER_ARGS)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -110,6 +111,26 @@ class _StayPaused(Exception):
 
 class _WrongGeneration(Exception):
     """Raised from a gate round that read a booted system other than the one expected."""
+
+
+Facts = generations.GenerationFacts | generations.NotNixos
+
+
+@dataclass
+class _EarlyTurn:
+    """What is asked for the next wave's turn while the wave before it is in its stability
+    window (``Engine._start_early``): the interlock's round, and generation facts that will
+    be read before its reboot anyway. Both read-only."""
+
+    wave: str
+    started: float  # monotonic
+    interlock: asyncio.Task[list[GateRound | BaseException]]
+    facts: dict[str, asyncio.Task[Facts]]
+
+    def cancel(self) -> None:
+        self.interlock.cancel()
+        for task in self.facts.values():
+            task.cancel()
 
 
 class RunModel:
@@ -283,6 +304,10 @@ class Engine:
         self.policy = gate_policy(config)
         self._hosts: dict[str, Host] = {}
         self._warming: set[asyncio.Task[None]] = set()
+        self._early: _EarlyTurn | None = None
+        # The machines of the wave being gated, and those of them on a passing streak.
+        self._gated: frozenset[str] = frozenset()
+        self._passing: set[str] = set()
         self._http = HttpClients()
         for name in run.machine_names:
             config.machine(name)  # a machine removed from the config since the run began
@@ -389,6 +414,7 @@ class Engine:
     async def _close_hosts(self) -> None:
         for task in self._warming:
             task.cancel()
+        self._drop_early()
         for host in self._hosts.values():
             await host.close()
 
@@ -602,17 +628,31 @@ class Engine:
             # No reboot intent is saved for these: nothing has been done to them. The
             # interlock needs no state of its own: a kill during it leaves the run in
             # rebooting:<wave> with no intent, so the resume simply asks the fleet again.
-            await self._interlock(wave)
+            # Their boot ids and generation facts are read meanwhile (both read-only), so
+            # the interlock's round is not waited for before them.
+            early = self._take_early(wave)
+            reads = asyncio.ensure_future(
+                self._each(fresh, lambda name: self._read_before_reboot(name, early))
+            )
+            try:
+                at_once = await self._interlock(wave, early)
+            except BaseException:
+                reads.cancel()
+                await asyncio.gather(reads, return_exceptions=True)
+                raise
+            boot_ids = await reads
+            if not at_once:
+                # The interlock waited for the fleet: the boot id saved with the intent must
+                # be the one each machine runs now, not one read before the wait.
+                boot_ids = await self._each(fresh, self._read_boot_id)
             self._check_abort(f"rebooting {wave}")
-            boot_ids = await self._each(fresh, self._before_reboot)
-            going = [name for name in fresh if boot_ids[name] is not None]
+            going = [name for name in fresh if self._decide_reboot(name, self._machine(name))]
+            await self._each(going, self._boot_once)
             self._check_abort(f"rebooting {wave}")
             for name in going:
-                boot_id = boot_ids[name]
-                assert boot_id is not None
                 host = self.host(name)
-                self.store.record_reboot_intent(self.run_id, name, boot_id, host.host_key)
-                log.info("%s: rebooting (boot id %s)", name, boot_id)
+                self.store.record_reboot_intent(self.run_id, name, boot_ids[name], host.host_key)
+                log.info("%s: rebooting (boot id %s)", name, boot_ids[name])
             await self._each(going, self._request_reboot)
         if all(self._machine(name).skipped for name in members):
             return SKIP
@@ -634,12 +674,10 @@ class Engine:
         self.store.record_reboot_resend(self.run_id, name)
         await host.request_reboot()
 
-    async def _before_reboot(self, name: str) -> str | None:
-        """Everything read and decided before a machine's reboot: its boot id (None: it is
-        skipped), its generation, and the boot-once entry."""
-        host = self.host(name)
+    async def _read_boot_id(self, name: str) -> str:
+        """The boot id a machine's reboot must change."""
         try:
-            boot_id = await host.read_boot_id(self.policy.timeouts.command)
+            boot_id = await self.host(name).read_boot_id(self.policy.timeouts.command)
         except ProbeFailed as exc:
             raise RunAborted(
                 f"{name}: cannot read the boot id before rebooting: {exc}", name
@@ -650,17 +688,17 @@ class Engine:
                 "could not be proven",
                 name,
             )
-        record = self._machine(name)
-        if record.nixos is None:
+        return boot_id
+
+    async def _read_before_reboot(self, name: str, early: _EarlyTurn | None) -> str:
+        """A machine's boot id, and (once) its generation facts: what its reboot is decided
+        and proven on."""
+        boot_id = await self._read_boot_id(name)
+        if self._machine(name).nixos is None:
             # Not read again after a kill before the intent was saved: no reboot was sent,
             # so what was read then still holds (and the warning is not repeated).
-            await self._generation_before(name, host)
-            # That read may have taken a while: an abort asked for meanwhile still wins.
-            self._check_abort(f"rebooting {name}")
-            record = self._machine(name)
-        if not self._decide_reboot(name, record):
-            return None
-        await self._boot_once(name, host, self._machine(name))
+            facts = early.facts.get(name) if early is not None else None
+            await self._generation_before(name, self.host(name), facts)
         return boot_id
 
     async def _request_reboot(self, name: str) -> None:
@@ -668,29 +706,103 @@ class Engine:
         log.info("%s: reboot requested", name)
         await self._emit(EventKind.MACHINE_REBOOTING, name)
 
-    async def _interlock(self, name: str) -> None:
-        """The fleet interlock: before wave ``name`` is taken down, every machine of the run
-        outside it (done or still pending; a skipped one was never taken down and is left
-        out) gets one bounded gate round, all at once, as in preflight. While any fails,
-        nothing is taken down: every ``reboot.poll_interval`` the fleet is asked again, until
-        all pass or ``interlock.timeout`` runs out (then the run aborts, naming the machine
-        and its probe) or an ``orchestrator abort`` arrives."""
-        settings = self.settings.interlock
-        machines = self.record.machines
-        members = set(self.waves.members(name))
-        others = [m.name for m in machines if m.name not in members and not m.skipped]
-        if not settings.enabled or not others:
-            return  # `orchestrator reboot MACHINE`: a run of one, there are no others
+    def _interlock_others(self, wave: str, covered: str | None = None) -> list[str]:
+        """Who the interlock before ``wave`` asks: every machine of the run outside it (done
+        or still pending; a skipped one was never taken down and is left out), but those of
+        wave ``covered``, whose own gates prove them healthy."""
+        members = set(self.waves.members(wave))
+        if covered is not None:
+            members |= set(self.waves.members(covered))
+        return [m.name for m in self.record.machines if m.name not in members and not m.skipped]
+
+    async def _interlock_round(self, others: list[str]) -> list[GateRound | BaseException]:
         limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
 
         async def probe(other: str) -> GateRound:
             async with limit:
                 return await probe_once(self.target(other), self._http, self.policy, ProbeFailed)
 
+        return await asyncio.gather(*(probe(o) for o in others), return_exceptions=True)
+
+    def _start_early(self, wave: str) -> None:
+        """Start the next wave's turn now, as every machine of ``wave`` has passed a gate
+        round: the interlock's round then runs during ``wave``'s stability window instead of
+        after it. It asks every machine but those of the two waves: ``wave``'s are proven
+        healthy by the rest of their own gates; a round that finds anyone unhealthy is not
+        used, and the interlock then asks the whole fleet again as usual. The next wave's
+        generation facts are read meanwhile too (read-only), unless a per-machine deploy
+        comes before its reboot. Never its boot ids: a machine that rebooted on its own in
+        the meantime would seem to come back from a reboot it was never sent."""
+        index = self.waves.names.index(wave) + 1
+        if index >= len(self.waves.names) or self._early is not None:
+            return
+        following = self.waves.names[index]
+        if not self.settings.interlock.enabled:
+            return
+        others = self._interlock_others(following, covered=wave)
+        interlock = asyncio.create_task(self._interlock_round(others))
+        facts: dict[str, asyncio.Task[Facts]] = {}
+        first = machine_phases(self.kind, self.record.per_machine_deploy)[0]
+        if first is Phase.REBOOTING:
+            limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
+
+            async def read(name: str) -> Facts:
+                async with limit:
+                    return await generations.read(self.host(name), self.policy.timeouts.command)
+
+            for name in self.waves.members(following):
+                if self._machine(name).nixos is None and self.config.machine(name).generations:
+                    task = asyncio.create_task(read(name))
+                    # Awaited by _generation_before, or never (then its failure is no one's).
+                    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+                    facts[name] = task
+        self._early = _EarlyTurn(following, time.monotonic(), interlock, facts)
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early.cancel()
+            self._early = None
+
+    def _take_early(self, wave: str) -> _EarlyTurn | None:
+        """The early turn for ``wave``, if it is for it and recent: started at most
+        ``stable_passes`` poll intervals ago, i.e. within the stability window it ran in and
+        one interval more (a settle delay, or a resume, makes it stale)."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        max_age = self.policy.poll_interval * self.policy.stable_passes
+        if early.wave != wave or time.monotonic() - early.started > max_age:
+            early.cancel()
+            return None
+        return early
+
+    async def _interlock(self, name: str, early: _EarlyTurn | None = None) -> bool:
+        """The fleet interlock: before wave ``name`` is taken down, every machine of the run
+        outside it (done or still pending; a skipped one was never taken down and is left
+        out) gets one bounded gate round, all at once, as in preflight. While any fails,
+        nothing is taken down: every ``reboot.poll_interval`` the fleet is asked again, until
+        all pass or ``interlock.timeout`` runs out (then the run aborts, naming the machine
+        and its probe) or an ``orchestrator abort`` arrives. True: the fleet passed at the
+        first ask, which may be the round ``early`` started during the wave before's
+        stability window (``_start_early``), if it passed."""
+        settings = self.settings.interlock
+        others = self._interlock_others(name)
+        if not settings.enabled or not others:
+            return True  # `orchestrator reboot MACHINE`: a run of one, there are no others
+        if early is not None:
+            answers = await early.interlock
+            if all(isinstance(a, GateRound) and a.passed for a in answers):
+                log.info(
+                    "%s: interlock: the other %d machines are healthy (those just rebooted "
+                    "by their own gates)",
+                    name,
+                    len(others),
+                )
+                return True
         deadline = time.monotonic() + settings.timeout
         logged: str | None = None
         while True:
-            answers = await asyncio.gather(*(probe(o) for o in others), return_exceptions=True)
+            answers = await self._interlock_round(others)
             failing: tuple[str, str] | None = None
             for other, answer in zip(others, answers, strict=True):
                 if isinstance(answer, OrchestratorError):
@@ -707,7 +819,7 @@ class Engine:
                     log.info("%s: interlock: every other machine is healthy again", name)
                 else:
                     log.info("%s: interlock: the other %d machines are healthy", name, len(others))
-                return
+                return logged is None
             other, probe_text = failing
             line = f"interlock: {other}: {probe_text}"
             if line != logged:
@@ -747,10 +859,12 @@ class Engine:
         log.info("%s: skipped, no reboot needed: %s", name, need.reason)
         return False
 
-    async def _boot_once(self, name: str, host: Host, record: MachineRecord) -> None:
+    async def _boot_once(self, name: str) -> None:
         """``reboot.boot_once``: the new generation boots once, the known-good one stays the
         default, so a machine that hangs on the new one comes back on the old one after a
         power cycle. Repeated after a kill before the reboot intent (it is idempotent)."""
+        record = self._machine(name)
+        host = self.host(name)
         facts = record.facts_before
         if not self.settings.reboot.boot_once or facts is None or record.nixos is not True:
             return
@@ -782,10 +896,13 @@ class Engine:
             facts.booted_generation or "?",
         )
 
-    async def _generation_before(self, name: str, host: Host) -> None:
+    async def _generation_before(
+        self, name: str, host: Host, early: asyncio.Task[Facts] | None = None
+    ) -> None:
         """Record what the machine runs and what its reboot should boot. Never stops the
         reboot: a machine that is not NixOS, or whose facts cannot be read, gets one warning
-        and is rebooted exactly as without them (its generation checks are skipped)."""
+        and is rebooted exactly as without them (its generation checks are skipped).
+        ``early``: the same read, started during the previous wave's stability window."""
         if not self.config.machine(name).generations:
             self.store.record_generation_before(
                 self.run_id, name, generations.NotNixos("generations: false")
@@ -793,7 +910,7 @@ class Engine:
             log.info("%s: generation checks off (generations: false)", name)
             return
         try:
-            facts = await generations.read(host, self.policy.timeouts.command)
+            facts = await (early or generations.read(host, self.policy.timeouts.command))
         except generations.FactsUnreadable as exc:
             log.warning(
                 "warning: %s: cannot read the NixOS generation (%s): generation checks skipped",
@@ -914,6 +1031,8 @@ class Engine:
                     elapsed = time.monotonic() - started
                     waiting = Waiting(summary, elapsed, reboot.timeout)
                     await self._emit(EventKind.MACHINE_WAITING, name, waiting=waiting)
+            if not rollback:
+                self._on_gate_round(name, result.passed)
             if self.store.abort_requested(self.run_id):
                 raise RunAborted(
                     f"aborted on request (orchestrator abort) while verifying {name}, "
@@ -990,6 +1109,7 @@ class Engine:
         assert wave is not None
         self._warm_up_next(wave)
         rebooted = [n for n in self.waves.members(wave) if not self._machine(n).skipped]
+        self._gated, self._passing = frozenset(rebooted), set()
         if len(rebooted) == 1:
             return await self._verify(rebooted[0])
         results = await asyncio.gather(
@@ -1009,6 +1129,18 @@ class Engine:
         if failed:
             raise self._wave_failed(failed)
         return None
+
+    def _on_gate_round(self, name: str, passed: bool) -> None:
+        """A pass may be the first of the streak that proves ``name``: once every rebooted
+        machine of its wave is on one, the next wave's interlock can ask the others now,
+        during the stability window. A failing round stops that."""
+        if not passed:
+            self._passing.discard(name)
+            self._drop_early()
+            return
+        self._passing.add(name)
+        if self._gated <= self._passing:
+            self._start_early(self.waves.wave_of(name))
 
     async def _verify(self, name: str) -> str | None:
         record = self._machine(name)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from orchestrator import files
 from orchestrator.errors import StoreError
 from orchestrator.generations import GenerationFacts, NotNixos
-from orchestrator.states import FINAL_STATES, Phase, RunKind, Waves, is_state_of
+from orchestrator.states import FINAL_STATES, Phase, RunKind, StateName, Waves, is_state_of
 
 SCHEMA_VERSION = 7
 STORE_FILE = "state.db"
@@ -237,6 +237,14 @@ def _state(value: object, kind: RunKind, waves: Waves, per_machine_deploy: bool)
     state = _text(value)
     if not is_state_of(state, kind, waves.names, per_machine_deploy=per_machine_deploy):
         raise ValueError("not a state of this run")
+    return state
+
+
+def _state_name(value: object) -> str:
+    """A state as ``history`` shows it: one of ours in form (``phase`` or ``phase:wave``);
+    whether its wave belongs to the run is checked where the run's machines are read."""
+    state = _text(value)
+    StateName.parse(state)  # ValueError: not a phase of ours
     return state
 
 
@@ -964,7 +972,7 @@ class Store:
                 RunHead(
                     run_id=row["run_id"],
                     kind=field(row, "runs", "kind", RunKind),
-                    state=field(row, "runs", "state", _text),
+                    state=field(row, "runs", "state", _state_name),
                     started_at=field(row, "runs", "started_at", _required_timestamp),
                     finished_at=field(row, "runs", "finished_at", _timestamp),
                     error=field(row, "runs", "error", _optional_text),
