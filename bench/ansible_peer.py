@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import metrics
+from bench.common import tool_beside_python
 from bench.run import (
     BENCH_DIR,
     FirstPassWatcher,
@@ -71,11 +72,7 @@ PAUSE_S = 1.0
 
 
 def ansible_playbook_bin() -> str:
-    beside = Path(sys.executable).with_name("ansible-playbook")
-    found = str(beside) if beside.exists() else shutil.which("ansible-playbook")
-    if not found:
-        sys.exit("bench: no `ansible-playbook` next to this python or on PATH (make bench)")
-    return found
+    return tool_beside_python("ansible-playbook", "make bench")
 
 
 def ansible_version(playbook_bin: str) -> str:

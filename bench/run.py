@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import metrics, report
+from bench.common import describe_commit, tool_beside_python
 from tests.netlab import Fault, Lab
 from tests.netlab.lab import missing_prerequisites
 
@@ -152,11 +153,7 @@ class FirstPassWatcher(threading.Thread):
 
 
 def orchestrator_bin() -> str:
-    beside = Path(sys.executable).with_name("orchestrator")
-    found = str(beside) if beside.exists() else shutil.which("orchestrator")
-    if not found:
-        sys.exit("bench: no `orchestrator` next to this python or on PATH (make venv)")
-    return found
+    return tool_beside_python("orchestrator", "make venv")
 
 
 def time_status(orch: str, config: Path, extra: list[str]) -> list[float]:
@@ -307,13 +304,7 @@ def product_info(orch: str) -> dict[str, str]:
         cwd="/",
     ).stdout.strip()
     tree = Path(where).parent.parent if where else REPO
-    describe = subprocess.run(
-        ["git", "-C", str(tree), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return {"orchestrator": orch, "source": str(tree), "commit": describe}
+    return {"orchestrator": orch, "source": str(tree), "commit": describe_commit(tree)}
 
 
 def machine_info() -> dict[str, Any]:

@@ -61,6 +61,7 @@ from typing import Any
 
 import yaml
 
+from bench.common import describe_commit
 from orchestrator.demo.simlab import Behaviour, SimLab
 from orchestrator.store import Store
 
@@ -445,12 +446,7 @@ async def run_case(case: Case, args: argparse.Namespace, root: Path, profile: bo
 
 
 def machine_info() -> dict[str, Any]:
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit = describe_commit(REPO)
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),

@@ -41,15 +41,6 @@ netlab = fixtures.netlab
 FIVE = ["h1", "h2", "h3", "h4", "h5"]
 
 
-def finish(run: subprocess.Popen[bytes], log: Path, timeout: float = 240) -> tuple[int, str]:
-    try:
-        code = run.wait(timeout=timeout)
-    finally:
-        if run.poll() is None:
-            run.kill()
-    return code, log.read_text(errors="replace")
-
-
 def most_at_once(intervals: list[tuple[float, float]]) -> int:
     """The largest number of the intervals that overlap at one moment."""
     edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])

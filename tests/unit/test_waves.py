@@ -6,18 +6,13 @@ and what `status` and systemd's status line say about a wave."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-import yaml
 
 from orchestrator import report, sdstatus
-from orchestrator.config import LoadedConfig, parse_config
-from orchestrator.errors import ConfigError
 from orchestrator.states import RunKind, Waves, machine_state, transition_table, work_states
 from orchestrator.store import Store, now
-
-PATH = Path("lab.yaml")
+from tests.unit.test_interlock_config import PATH, error, load
 
 
 def machines(*names: str, local: str | None = None, **depends: list[str]) -> dict[str, object]:
@@ -28,18 +23,6 @@ def machines(*names: str, local: str | None = None, **depends: list[str]) -> dic
     if local:
         table[local] = {"local": True}
     return table
-
-
-def load(raw: dict[str, object]) -> LoadedConfig:
-    return parse_config(PATH, yaml.safe_dump(raw, sort_keys=False))
-
-
-def error(raw: dict[str, object]) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load(raw)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    return message
 
 
 def test_one_machine_at_a_time_by_default_each_wave_named_by_its_machine():
