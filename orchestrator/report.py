@@ -698,4 +698,16 @@ def history_lines(runs: Sequence[RunHead | RunRecord], width: int = 80) -> list[
 
 
 def dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2)
+    """``status --json``: the run's keys one per line, each machine one line. ``indent``
+    would make json use its pure-Python encoder, some 40 ms for 500 machines, a third of
+    the time status may take; this way every value goes through the C one."""
+    keys = [
+        f"  {json.dumps(key)}: "
+        + (
+            "[\n" + ",\n".join(f"    {json.dumps(item)}" for item in value) + "\n  ]"
+            if key == "machines" and value
+            else json.dumps(value)
+        )
+        for key, value in data.items()
+    ]
+    return "{\n" + ",\n".join(keys) + "\n}"
