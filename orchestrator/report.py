@@ -416,8 +416,12 @@ def _cell_width(char: str) -> int:
 
 
 def cells(text: str) -> int:
-    """Terminal columns of ``text`` (no control characters: it went through ``from_host``)."""
-    return len(text) if text.isascii() else sum(_cell_width(c) for c in text)
+    """Terminal columns of ``text`` (no control characters: it went through ``from_host``).
+    Only the non-ASCII characters are looked up: a row's one ``→`` should not cost a lookup
+    of each of its characters (500 machines' rows are 30,000 of them)."""
+    if text.isascii():
+        return len(text)
+    return len(text) + sum(_cell_width(c) - 1 for c in text if not c.isascii())
 
 
 def _fit(text: str, width: int) -> str:
