@@ -28,8 +28,18 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run
+# The bench needs root (its hosts are network namespaces). Its Ansible peer
+# (bench/ansible_peer.py) needs ansible-core in the same venv, pinned for the bench only.
+ANSIBLE_STAMP := $(VENV)/.installed-ansible
+
+$(ANSIBLE_STAMP): $(STAMP) bench/constraints-ansible.txt
+	$(BIN)/pip install --quiet -c constraints.txt -c bench/constraints-ansible.txt ansible-core
+	touch $(ANSIBLE_STAMP)
+
+bench: $(ANSIBLE_STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.ansible_peer $(PEER_ARGS)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -151,3 +151,38 @@ def dist(values: Iterable[float | None]) -> dict[str, float | int | None]:
         "max": data[-1],
         "min": data[0],
     }
+
+
+def truth_rows(
+    hosts: Sequence[str], truth: Sequence[dict[str, Any]], started: float
+) -> list[dict[str, Any]]:
+    """One row per host from ground truth alone, whatever tool rebooted them (the peer bench).
+
+    `truth` holds the events since `started` (the lab is shared by several runs). Raises BadRun
+    unless each host was asked to reboot once, in order, booted once and became healthy."""
+    truth = sorted(truth, key=lambda e: e["t"])
+    order = [e["host"] for e in truth if e["event"] == "reboot_requested" and e["t"] >= started]
+    if order != list(hosts):
+        raise BadRun(f"reboot requests {order}, expected each of {list(hosts)} once, in order")
+    rows: list[dict[str, Any]] = []
+    for name in hosts:
+        requested = _first(truth, name, "reboot_requested", started)
+        assert requested is not None
+        booted = [e for e in truth if e["host"] == name and e["event"] == "booted"]
+        if len(booted) != 1:
+            raise BadRun(f"{name} booted {len(booted)} times")
+        healthy = _first(truth, name, "healthy", requested)
+        if healthy is None:
+            raise BadRun(f"{name}: never healthy after its reboot")
+        rows.append(
+            {
+                "host": name,
+                "reboot_requested": requested,
+                "healthy": healthy,
+                "reboot_to_healthy_s": healthy - requested,
+                "advance_lag_s": None,
+            }
+        )
+    for row, after in itertools.pairwise(rows):
+        row["advance_lag_s"] = after["reboot_requested"] - row["healthy"]
+    return rows

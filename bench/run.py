@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import metrics, report
+from bench.common import describe_commit, tool_beside_python
 from tests.netlab import Fault, Lab
 from tests.netlab.lab import missing_prerequisites
 
@@ -68,8 +69,13 @@ class Scenario:
             for i in range(1, self.hosts + 1)
         }
 
-    def config_overrides(self) -> dict[str, Any]:
+    def config_overrides(self, lab: Lab) -> dict[str, Any]:
         return {
+            # Each HTTP check must fit in probe_timeout (the config refuses it otherwise).
+            "machines": {
+                h.name: {"checks": [{"url": h.health_url, "status": 200, "timeout": 1}]}
+                for h in lab.hosts.values()
+            },
             "reboot": {
                 "timeout": 60,
                 "poll_interval": self.poll_interval,
@@ -147,11 +153,7 @@ class FirstPassWatcher(threading.Thread):
 
 
 def orchestrator_bin() -> str:
-    beside = Path(sys.executable).with_name("orchestrator")
-    found = str(beside) if beside.exists() else shutil.which("orchestrator")
-    if not found:
-        sys.exit("bench: no `orchestrator` next to this python or on PATH (make venv)")
-    return found
+    return tool_beside_python("orchestrator", "make venv")
 
 
 def time_status(orch: str, config: Path, extra: list[str]) -> list[float]:
@@ -173,7 +175,9 @@ def run_once(scenario: Scenario, workdir: Path, orch: str) -> dict[str, Any]:
     lab = Lab(workdir / "lab", scenario.hosts, faults=scenario.faults())
     with lab:
         state_dir = workdir / "state"
-        config = lab.write_config(workdir / "config.yaml", state_dir, **scenario.config_overrides())
+        config = lab.write_config(
+            workdir / "config.yaml", state_dir, **scenario.config_overrides(lab)
+        )
         watcher = FirstPassWatcher(state_dir / "state.db")
         watcher.start()
         env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
@@ -300,13 +304,7 @@ def product_info(orch: str) -> dict[str, str]:
         cwd="/",
     ).stdout.strip()
     tree = Path(where).parent.parent if where else REPO
-    describe = subprocess.run(
-        ["git", "-C", str(tree), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return {"orchestrator": orch, "source": str(tree), "commit": describe}
+    return {"orchestrator": orch, "source": str(tree), "commit": describe_commit(tree)}
 
 
 def machine_info() -> dict[str, Any]:

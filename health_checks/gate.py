@@ -96,6 +96,13 @@ class GatePolicy:
     timeouts: Timeouts
     poll_interval: float
     stable_passes: int
+    # Between rounds of a machine that is back (a new boot id) but not passing yet: it is
+    # about to, and a whole poll_interval of waiting would be added to every advance. Only
+    # for the first catch_up_for seconds after it is back: one that stays unhealthy is not
+    # asked five times a second for the rest of reboot.timeout. Likewise for the first
+    # catch_up_for seconds of the wait while it is not back yet (see wait_until_healthy).
+    catch_up_interval: float = 0.1
+    catch_up_for: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -217,8 +224,34 @@ async def wait_until_healthy(
     """
     streak: list[GateRound] = []
     rounds: list[GateRound] = []
+    waiting_since = time.monotonic()
+    round_started = [waiting_since]
+    back_since: list[float | None] = [None]
+
+    def until_next_round(_: object) -> float:
+        # Rounds start poll_interval apart, start to start (the first pass of a streak counts
+        # from its end, see attempt): a round's own duration is not added to the wait, so the
+        # stability window after a first pass is poll_interval (times stable_passes - 1)
+        # exactly, and a slow round is followed by the next at once.
+        # A machine that is back but not passing yet is asked again sooner (catch_up_interval),
+        # so the first passing round follows its health by a fraction of a second.
+        # So is one not back yet, early in the wait: still on the old boot id it is about to
+        # go down, and a round that meets it dark keeps reconnecting until it returns
+        # (remote.open_tcp); a whole poll_interval between such rounds would be added to the
+        # detection of every machine that goes down and returns within it.
+        last = rounds[-1] if rounds else None
+        back = last is not None and last.boot_id not in (None, boot_id_before)
+        if back and back_since[0] is None:
+            back_since[0] = round_started[0]
+        interval = policy.poll_interval
+        since = back_since[0] if back_since[0] is not None else waiting_since
+        catching_up = time.monotonic() - since < policy.catch_up_for
+        if catching_up and last is not None and not last.passed:
+            interval = min(interval, policy.catch_up_interval)
+        return max(0.0, interval - (time.monotonic() - round_started[0]))
 
     async def attempt() -> GateRound:
+        round_started[0] = time.monotonic()
         # tenacity checks its stop condition only between attempts, so each attempt is
         # bounded here or a hanging probe would overshoot the deadline.
         remaining = deadline - time.monotonic()
@@ -242,12 +275,19 @@ async def wait_until_healthy(
             result = GateRound(
                 (Probe("gate", False, f"round took longer than {round_limit:g}s"),), None, None
             )
+        finished = time.monotonic()
         rounds[:] = [result]
         await on_round(result)
         if not result.passed or (streak and streak[0].boot_id != result.boot_id):
             streak.clear()
         if result.passed:
             streak.append(result)
+            if len(streak) == 1:
+                # The stability window counts from the end of the first pass, not from its
+                # start: a round that began while the machine was dark spent most of its time
+                # reconnecting, and start to start the next would follow its probes by much
+                # less than poll_interval.
+                round_started[0] = finished
         if len(streak) < policy.stable_passes:
             raise _NotYet(result)
         return result
@@ -255,7 +295,7 @@ async def wait_until_healthy(
     try:
         async for attempt_context in AsyncRetrying(
             stop=stop_after_delay(max(0.0, deadline - time.monotonic())),
-            wait=wait_fixed(policy.poll_interval),
+            wait=until_next_round,
             retry=retry_if_exception_type(_NotYet),
             reraise=True,
         ):

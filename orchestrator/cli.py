@@ -96,12 +96,14 @@ def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
 
 def _drive(config: LoadedConfig, start: RunKind | None, only: str | None = None) -> int:
     from orchestrator import engine
-    from orchestrator.states import Phase
+    from orchestrator.states import Phase, StateName
 
     final = engine.drive(config, start, only)
     if final is None:
         click.echo("nothing to resume: no run is in progress", err=True)
         return EXIT_OK
+    if StateName.parse(final.state).phase is Phase.PAUSED:
+        return EXIT_OK  # waiting for the maintenance window is what the owner asked for
     return EXIT_OK if final.state == Phase.DONE.value else EXIT_FAILED
 
 
@@ -168,7 +170,7 @@ def history(ctx: Context, limit: int) -> int:
 
     store = ctx.open_store()
     with store or contextlib.nullcontext():
-        runs = store.runs(limit) if store else []
+        runs = store.run_heads(limit) if store else []
     width = report.terminal_width(os.environ, sys.stdout)
     for line in report.history_lines(runs, width) or ["no runs yet"]:
         click.echo(line)
@@ -206,8 +208,11 @@ def plan(ctx: Context) -> int:
     per_machine = settings.deploy.mode == "per-machine"
     if per_machine:
         click.echo(f"deploy per machine: `{display(settings.deploy.machine_command)}`")
-    steps = work_states(RunKind.NIGHTLY, config.machine_order, per_machine_deploy=per_machine)
+    steps = work_states(RunKind.NIGHTLY, config.waves.names, per_machine_deploy=per_machine)
     click.echo("steps: " + " -> ".join([*steps, "done"]))
+    for wave, group in zip(config.waves.names, config.waves.groups, strict=True):
+        if len(group) > 1:
+            click.echo(f"{wave}: {', '.join(group)} (rebooted and gated together)")
     reboot = settings.reboot
     click.echo(
         f"gate: {reboot.stable_passes} passes {reboot.poll_interval:g}s apart, "
@@ -257,7 +262,8 @@ def validate_config(ctx: Context) -> int:
     text = read_config_text(ctx.config_path)
     config = parse_config(ctx.config_path, text)
     remember_valid(text, os.environ, config.settings.state_dir)
-    click.echo(f"{config.path}: ok ({' -> '.join(config.machine_order)})")
+    order = " -> ".join(" + ".join(group) for group in config.waves.groups)
+    click.echo(f"{config.path}: ok ({order})")
     return EXIT_OK
 
 

@@ -10,6 +10,7 @@ wrong, because a typo that silently dropped a health check would defeat the poin
 from __future__ import annotations
 
 import re
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,6 +40,8 @@ from health_checks.schema import (
 from orchestrator import defaults
 from orchestrator.errors import ConfigError
 from orchestrator.paths import load_yaml, read_config_text
+from orchestrator.states import WAVE_PREFIX, Waves
+from orchestrator.window import Window
 
 MACHINE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
 
@@ -362,6 +365,69 @@ class MetricsSettings(ConfigModel):
         return textfile
 
 
+def _wall_clock(value: object) -> object:
+    """A time of day as written; YAML 1.1 reads an unquoted ``22:30`` as the number 1350."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError('write the time in quotes, e.g. "22:30" (YAML reads 22:30 as a number)')
+    if isinstance(value, str) and not re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value.strip()):
+        raise ValueError(f"{value!r} is not a time of day (HH:MM or HH:MM:SS)")
+    return value
+
+
+WallClock = Annotated[dt_time, BeforeValidator(_wall_clock)]
+
+
+class WindowSettings(ConfigModel):
+    """Both keys or neither: without them, reboots start whenever the run gets to them."""
+
+    start: WallClock | None = Field(
+        default=None,
+        description="When reboots may start, in the controller's local time (`HH:MM`, quoted).",
+        examples=["01:00"],
+    )
+    end: WallClock | None = Field(
+        default=None,
+        description="When no further reboot starts; a machine rebooted before it is still "
+        "verified after it. Not after `start`: the window crosses midnight.",
+        examples=["05:00"],
+    )
+
+    @model_validator(mode="after")
+    def _both_and_not_empty(self) -> WindowSettings:
+        if (self.start is None) != (self.end is None):
+            missing = "end" if self.end is None else "start"
+            raise ValueError(f"{missing} is missing: a window needs both start and end")
+        if self.start is not None and self.start == self.end:
+            raise ValueError("start and end are the same time: the window would be empty")
+        return self
+
+    @property
+    def window(self) -> Window | None:
+        if self.start is None or self.end is None:
+            return None
+        return Window(self.start, self.end)
+
+
+class InterlockSettings(ConfigModel):
+    """Before each reboot, every other machine of the run (those already rebooted and those
+    still to come) gets one health-gate round, all at once: if any is unhealthy, no further
+    machine is taken down."""
+
+    enabled: bool = Field(
+        default=defaults.INTERLOCK_ENABLED,
+        description="Probe every other machine before each reboot; `false`: only the machine "
+        "being rebooted is looked at.",
+        examples=[True],
+    )
+    timeout: PositiveDuration = Field(
+        default=defaults.INTERLOCK_TIMEOUT,
+        description="How long a run waits, re-probing every `reboot.poll_interval`, for an "
+        "unhealthy machine to be healthy again before the next reboot; then it aborts, naming "
+        "that machine and its failing probe. Nothing is taken down meanwhile.",
+        examples=["10m"],
+    )
+
+
 class Machine(ConfigModel):
     host: HostName | None = Field(
         default=None,
@@ -409,6 +475,13 @@ class Machine(ConfigModel):
             ]
         ],
     )
+    depends_on: list[str] = Field(
+        default=[],
+        description="Machines this one depends on (its database, its DNS): each must come "
+        "earlier in the reboot order, so it is rebooted and proven healthy first; the loader "
+        "checks this (and with it, that there are no cycles).",
+        examples=[["sleeper-service"]],
+    )
     checks: list[AnyCheck] = Field(
         default=[],
         description="Health checks that must pass after the reboot, besides SSH, boot id and "
@@ -435,9 +508,14 @@ def _one_check_of_each_type() -> list[dict[str, Any]]:
 SEED_MACHINES_EXAMPLE = {
     "sleeper-service": {
         "host": "sleeper-service.local",
+        "depends_on": [],
         "checks": [{"url": "http://sleeper-service.local:8080/health", "body_contains": "ok"}],
     },
-    "grey-area": {"host": "grey-area.local", "checks": _one_check_of_each_type()},
+    "grey-area": {
+        "host": "grey-area.local",
+        "depends_on": ["sleeper-service"],
+        "checks": _one_check_of_each_type(),
+    },
     "reverse-proxy": {
         "host": "reverse-proxy.local",
         "user": "root",
@@ -515,11 +593,41 @@ class Config(ConfigModel):
     metrics: MetricsSettings = Field(
         default=MetricsSettings(), description="Prometheus textfile metrics."
     )
+    window: WindowSettings = Field(
+        default=WindowSettings(),
+        description="The maintenance window: no reboot starts outside it. A run that reaches "
+        "a reboot outside it pauses (`paused until 01:00 (next window)`, exit 0); the next "
+        "`orchestrator run` or `resume` inside it continues from there, without updating or "
+        "deploying again. Default: reboots start whenever the run gets to them.",
+    )
+    interlock: InterlockSettings = Field(
+        default=InterlockSettings(),
+        description="The fleet interlock: before each reboot, every other machine gets one "
+        "health-gate round; while one of them is unhealthy no further machine is taken down.",
+    )
     preflight: bool = Field(
         default=True,
         description="Probe every machine (SSH, boot id, system state, checks) before "
         "touching anything.",
         examples=[True],
+    )
+    max_unavailable: int = Field(
+        default=1,
+        ge=1,
+        strict=True,  # `true` is not 1 machine
+        description="How many machines may be down at once: the machines, in reboot order, "
+        "go down in waves of this many, rebooted and gated together; a failure stops the run "
+        "after its wave. A machine that `depends_on` one of the wave starts the next wave. "
+        "The `local: true` machine always goes alone and last. Not with `waves`.",
+        examples=[1, 5],
+    )
+    waves: list[Annotated[list[str], Field(min_length=1)]] | None = Field(
+        default=None,
+        description="The waves by name, instead of `max_unavailable`: every machine in exactly "
+        "one, a dependency in an earlier wave than the machine, the `local: true` machine "
+        "alone in the last. Their order is the reboot order (`order` is not needed).",
+        examples=[[["sleeper-service"], ["grey-area", "reverse-proxy"], ["self"]]],
+        json_schema_extra={"example_commented_out": True},
     )
     order: list[str] | None = Field(
         default=None,
@@ -548,6 +656,14 @@ class LoadedConfig(BaseModel):
     settings: Config
     flake_dir: Path
     machine_order: tuple[str, ...]
+    waves: Waves = Field(default_factory=lambda: Waves(()))
+
+    def run_waves(self, names: tuple[str, ...]) -> Waves:
+        """The waves of a run of ``names``: the configured ones, or one machine at a time for
+        a run of a single machine (`orchestrator reboot MACHINE`)."""
+        if names == self.machine_order:
+            return self.waves
+        return Waves.one_by_one(names)
 
     def machine(self, name: str) -> Machine:
         try:
@@ -659,6 +775,8 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
         for index, check in enumerate(machine.checks):
             _check_fits(path, name, index, check, config)
     order = tuple(config.order) if config.order is not None else tuple(config.machines)
+    if config.waves is not None:
+        order = _check_waves(path, config)
     if config.order is not None:
         unknown = [name for name in config.order if name not in config.machines]
         if unknown:
@@ -666,6 +784,7 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
         if sorted(config.order) != sorted(config.machines):
             missing = sorted(set(config.machines) - set(config.order)) or ["a machine twice"]
             raise ConfigError(f"{path}: order: must list every machine once ({missing[0]})")
+    _check_dependencies(path, config, order)
     local = [name for name in order if config.machines[name].local]
     if len(local) > 1:
         raise ConfigError(
@@ -680,6 +799,99 @@ def _check_machines(path: Path, config: Config) -> tuple[str, ...]:
     return order
 
 
+def _check_waves(path: Path, config: Config) -> tuple[str, ...]:
+    """``waves``: every machine in exactly one; their order is the reboot order."""
+    key = f"{path}: waves"
+    if config.order is not None:
+        raise ConfigError(f"{path}: order: not with `waves`, whose order is the reboot order")
+    if config.max_unavailable != 1:
+        raise ConfigError(f"{path}: max_unavailable: not with `waves`; choose one")
+    seen: dict[str, int] = {}
+    for index, wave in enumerate(config.waves or ()):
+        for name in wave:
+            if name not in config.machines:
+                raise ConfigError(f"{key}[{index}]: {name!r} is not a machine")
+            if name in seen:
+                raise ConfigError(
+                    f"{key}[{index}]: {name} is already in waves[{seen[name]}]; a machine goes "
+                    "down in one wave"
+                )
+            seen[name] = index
+    missing = [name for name in config.machines if name not in seen]
+    if missing:
+        raise ConfigError(f"{key}: {missing[0]} is in no wave; list every machine once")
+    return tuple(name for wave in config.waves or () for name in wave)
+
+
+def _group_waves(path: Path, config: Config, order: tuple[str, ...]) -> Waves:
+    """The waves of a nightly run, checked: the configured ones, or ``max_unavailable``
+    machines at a time in reboot order, a machine that depends on one of the wave so far
+    starting the next; the local machine alone at the end either way."""
+    if config.waves is not None:
+        waves = Waves(tuple(tuple(wave) for wave in config.waves))
+        for index, wave in enumerate(config.waves):
+            local = [name for name in wave if config.machines[name].local]
+            if local and (len(wave) > 1 or index != len(config.waves) - 1):
+                raise ConfigError(
+                    f"{path}: waves[{index}]: the local machine {local[0]} reboots the "
+                    "orchestrator itself and must be alone in the last wave"
+                )
+            for name in wave:
+                clash = sorted(set(config.machines[name].depends_on) & set(wave))
+                if clash:
+                    raise ConfigError(
+                        f"{path}: machines.{name}.depends_on: {clash[0]} is in the same wave "
+                        f"(waves[{index}]); a dependency must be in an earlier wave"
+                    )
+    else:
+        groups: list[list[str]] = []
+        for name in order:
+            machine = config.machines[name]
+            current = groups[-1] if groups else None
+            if (
+                current is None
+                or machine.local
+                or config.machines[current[0]].local
+                or len(current) >= config.max_unavailable
+                or set(machine.depends_on) & set(current)
+            ):
+                groups.append([name])
+            else:
+                current.append(name)
+        waves = Waves(tuple(tuple(group) for group in groups))
+    if waves.grouped:
+        taken = [name for name in config.machines if name.startswith(WAVE_PREFIX)]
+        reserved = [name for name in taken if name[len(WAVE_PREFIX) :].isdigit()]
+        if reserved:
+            raise ConfigError(
+                f"{path}: machines.{reserved[0]}: with waves of several machines, "
+                f"`{WAVE_PREFIX}<number>` names a wave; rename the machine"
+            )
+    return waves
+
+
+def _check_dependencies(path: Path, config: Config, order: tuple[str, ...]) -> None:
+    """``depends_on``: every dependency is another machine that comes earlier in the reboot
+    order. Earlier-only also rules out cycles: no machine can come before itself."""
+    position = {name: index for index, name in enumerate(order)}
+    for name in order:
+        seen: set[str] = set()
+        for index, other in enumerate(config.machines[name].depends_on):
+            key = f"{path}: machines.{name}.depends_on"
+            if other in seen:
+                raise ConfigError(f"{key}[{index}]: {other!r} is listed twice")
+            seen.add(other)
+            if other == name:
+                raise ConfigError(f"{key}: {name} cannot depend on itself")
+            if other not in config.machines:
+                raise ConfigError(f"{key}: {other!r} is not a machine")
+            if position[other] > position[name]:
+                raise ConfigError(
+                    f"{key}: {other!r} comes after {name} in the reboot order; a dependency "
+                    "must be rebooted first"
+                )
+
+
 def parse_config(path: Path, text: str) -> LoadedConfig:
     raw = load_yaml(path, text, exact=True)  # the pure loader: its error marks are the most exact
     if not isinstance(raw, dict):
@@ -690,8 +902,11 @@ def parse_config(path: Path, text: str) -> LoadedConfig:
         key, problem = _first_error(exc)
         raise ConfigError(f"{path}: {key}: {problem}") from None
     order = _check_machines(path, config)
+    waves = _group_waves(path, config, order)
     flake_dir = (config.flake or path.resolve().parent).expanduser()
-    return LoadedConfig(path=path, settings=config, flake_dir=flake_dir, machine_order=order)
+    return LoadedConfig(
+        path=path, settings=config, flake_dir=flake_dir, machine_order=order, waves=waves
+    )
 
 
 def load_config(path: Path) -> LoadedConfig:

@@ -48,6 +48,14 @@ POWER_CYCLE_AFTER = 300.0
 ON_FAILURE: Literal["stop", "rollback"] = "rollback"
 # Installed on each NixOS target by nix/target.nix (the sudo rule names it exactly).
 TARGET_HELPER = ("lab-orchestrator-target",)
+# The fleet interlock: before each reboot, one bounded round of every other machine; a run
+# that finds one unhealthy waits up to this long for it, then aborts.
+INTERLOCK_ENABLED = True
+INTERLOCK_TIMEOUT = 600.0
+# How many machines are probed or connected to at once (preflight, plan, the interlock, the
+# warm-up of the next wave; each holds an SSH connection and an HTTP request or two): 40
+# machines on a 2-core controller are three batches, not 40 handshakes at once.
+PROBE_CONCURRENCY = 16
 # Preflight asks each machine up to this many rounds before calling it unhealthy.
 PREFLIGHT_ATTEMPTS = 3
 

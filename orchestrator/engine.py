@@ -12,15 +12,18 @@ Run policy lives here too: ``drive`` starts a run or continues the one in progre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import asyncssh
 
@@ -32,6 +35,7 @@ from health_checks.gate import (
     GateRound,
     GateTarget,
     Probe,
+    probe_once,
     probe_settled,
     wait_until_healthy,
 )
@@ -49,6 +53,7 @@ from orchestrator import (
     report,
     sdstatus,
     target,
+    window,
 )
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, LockHeldError, OrchestratorError, StoreError
@@ -59,16 +64,20 @@ from orchestrator.states import (
     ABORT,
     ADVANCE,
     FINAL_STATES,
+    PAUSE,
     ROLL_BACK,
     SKIP,
     Phase,
     RunKind,
     StateName,
     build_machine,
+    machine_phases,
 )
 from orchestrator.store import MachineRecord, RunRecord, StepProcess, Store, now
 
 log = logging.getLogger("orchestrator")
+_T = TypeVar("_T")
+_I = TypeVar("_I")
 
 
 class RunAborted(OrchestratorError):
@@ -96,8 +105,32 @@ class GateFailed(Exception):
         self.wrong_generation = wrong_generation
 
 
+class _StayPaused(Exception):
+    """The window is still closed: the run stays paused and this process stops driving it."""
+
+
 class _WrongGeneration(Exception):
     """Raised from a gate round that read a booted system other than the one expected."""
+
+
+Facts = generations.GenerationFacts | generations.NotNixos
+
+
+@dataclass
+class _EarlyTurn:
+    """What is asked for the next wave's turn while the wave before it is in its stability
+    window (``Engine._start_early``): the interlock's round, and generation facts that will
+    be read before its reboot anyway. Both read-only."""
+
+    wave: str
+    started: float  # monotonic
+    interlock: asyncio.Task[list[GateRound | BaseException]]
+    facts: dict[str, asyncio.Task[Facts]]
+
+    def cancel(self) -> None:
+        self.interlock.cancel()
+        for task in self.facts.values():
+            task.cancel()
 
 
 class RunModel:
@@ -192,19 +225,31 @@ async def plan_probe(
             return str(exc)
 
     try:
-        rounds = await asyncio.gather(*(preflight_round(config, h, http, policy) for h in hosts))
+        rounds = await bounded(hosts, lambda host: preflight_round(config, host, http, policy))
         passed = [
             host
             for host, result in zip(hosts, rounds, strict=True)
             if result.passed and config.machine(host.name).generations
         ]
-        read = await asyncio.gather(*(facts(host) for host in passed))
+        read = await bounded(passed, facts)
     finally:
         await http.aclose()
         for host in hosts:
             await host.close()
     verdicts = flag_shared_boot_ids(dict(zip(config.machine_order, rounds, strict=True)))
     return verdicts, {host.name: answer for host, answer in zip(passed, read, strict=True)}
+
+
+async def bounded(items: Sequence[_I], work: Callable[[_I], Awaitable[_T]]) -> list[_T]:
+    """``work`` for every item, ``defaults.PROBE_CONCURRENCY`` at a time, results in order:
+    500 machines probed at once would be 500 SSH handshakes racing their own timeouts."""
+    limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
+
+    async def one(item: _I) -> _T:
+        async with limit:
+            return await work(item)
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 async def preflight_round(
@@ -250,12 +295,19 @@ class Engine:
         build_machine(
             self.model,
             run.kind,
-            run.machine_names,
+            run.waves.names,
             initial=run.state,
             per_machine_deploy=run.per_machine_deploy,
         )
+        self.waves = run.waves
+        self.kind = run.kind
         self.policy = gate_policy(config)
         self._hosts: dict[str, Host] = {}
+        self._warming: set[asyncio.Task[None]] = set()
+        self._early: _EarlyTurn | None = None
+        # The machines of the wave being gated, and those of them on a passing streak.
+        self._gated: frozenset[str] = frozenset()
+        self._passing: set[str] = set()
         self._http = HttpClients()
         for name in run.machine_names:
             config.machine(name)  # a machine removed from the config since the run began
@@ -266,13 +318,14 @@ class Engine:
     def record(self) -> RunRecord:
         return self.store.run(self.run_id)
 
+    def _machine(self, name: str) -> MachineRecord:
+        return self.store.machine(self.run_id, name)
+
     def host(self, name: str) -> Host:
         if name not in self._hosts:
             # The key seen in preflight (or before the reboot) is the only one accepted
             # afterwards, even if known_hosts lists several for the machine.
-            self._hosts[name] = make_host(
-                self.config, name, lambda: self.record.machine(name).host_key
-            )
+            self._hosts[name] = make_host(self.config, name, lambda: self._machine(name).host_key)
         return self._hosts[name]
 
     def target(self, name: str) -> GateTarget:
@@ -299,8 +352,10 @@ class Engine:
         resumed: bool = False,
         waiting: Waiting | None = None,
     ) -> None:
-        summary = report.summarize(self.record)
-        await self.events.emit(RunEvent(kind, summary, machine, resumed, waiting))
+        await self.events.emit(RunEvent(kind, self._summary, machine, resumed, waiting))
+
+    def _summary(self) -> report.RunSummary:
+        return report.summarize(self.record)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -316,6 +371,7 @@ class Engine:
             Phase.SETTLING: self.settling,
             Phase.ROLLING_BACK: self.rolling_back,
             Phase.VERIFYING_ROLLBACK: self.verifying_rollback,
+            Phase.PAUSED: self.paused,
         }
         logs.set_run_context(self.run_id, self.model.state)
         await self._emit(EventKind.RUN_STARTED, resumed=resumed)
@@ -326,6 +382,8 @@ class Engine:
                 state = StateName.parse(self.model.state)
                 try:
                     trigger = await handlers[state.phase](state.machine)
+                except _StayPaused:
+                    break
                 except StoreError:
                     # A store that cannot be written stops everything right here: no further
                     # side effect may happen without its intent on disk.
@@ -333,7 +391,7 @@ class Engine:
                 except OrchestratorError as exc:
                     # RunAborted, HostKeyChanged, RebootRefused, ProcessFailed, a missing
                     # known_hosts file: each ends the rollout at this machine.
-                    machine = getattr(exc, "machine", None) or state.machine
+                    machine = getattr(exc, "machine", None) or self._sole_machine(state.machine)
                     await self._end_aborted(str(exc), machine)
                     break
                 except Exception as exc:
@@ -342,9 +400,11 @@ class Engine:
                     # (Not BaseException: Ctrl-C or a cancellation is an interruption, and
                     # the next run or resume continues from the saved state.)
                     log.debug("run %d: internal error in %s", self.run_id, state, exc_info=True)
-                    await self._end_aborted(internal_error(exc), state.machine)
+                    await self._end_aborted(internal_error(exc), self._sole_machine(state.machine))
                     break
                 await self._fire(trigger or ADVANCE)
+                if trigger == PAUSE:
+                    break  # the next `run` (the timer) or `resume` inside the window goes on
         record = self.record
         for line in report.summary_lines(report.summarize(record)):
             log.info("summary: %s", line)
@@ -352,8 +412,69 @@ class Engine:
         return record
 
     async def _close_hosts(self) -> None:
+        for task in self._warming:
+            task.cancel()
+        self._drop_early()
         for host in self._hosts.values():
             await host.close()
+
+    def _warm_up_next(self, wave: str) -> None:
+        """Open the SSH connections to the machines of the wave after ``wave`` while ``wave``
+        is verifying, so that their boot-id reads and reboot requests need no handshake once
+        ``wave`` passes. Best effort: a failure here is met again, and reported, by the real
+        command."""
+        limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
+
+        async def connect(host: Host) -> None:
+            async with limit:
+                with contextlib.suppress(ProbeFailed, OrchestratorError):
+                    await host.connect(self.policy.timeouts.connect)
+
+        for name in self.waves.after(wave):
+            if self.config.machine(name).local:
+                continue
+            task = asyncio.create_task(connect(self.host(name)))
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
+
+    def _sole_machine(self, wave: str | None) -> str | None:
+        """The machine an error in ``wave``'s state concerns: its only one, else none (a
+        wave's handlers name the machine in the error, or record each machine's own)."""
+        if wave is None:
+            return None
+        members = self.waves.members(wave)
+        return members[0] if len(members) == 1 else None
+
+    async def _each(
+        self, names: Sequence[str], work: Callable[[str], Awaitable[_T]]
+    ) -> dict[str, _T]:
+        """``work`` for every machine of a wave at once, each to its end: a wave is rebooted
+        and gated together, and one machine's failure must not cut another's work short
+        (a reboot sent, a gate half-way). Then the failures, if any, end the run: one
+        machine's error as it is; several are each recorded against their machine and
+        raised as one line."""
+        if len(names) == 1:
+            return {names[0]: await work(names[0])}
+        results = await asyncio.gather(*(work(name) for name in names), return_exceptions=True)
+        done: dict[str, _T] = {}
+        failed: list[tuple[str, OrchestratorError]] = []
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, OrchestratorError):
+                failed.append((name, result))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                done[name] = result
+        if failed:
+            raise self._wave_failed(failed)
+        return done
+
+    def _wave_failed(self, failed: Sequence[tuple[str, OrchestratorError]]) -> OrchestratorError:
+        if len(failed) == 1:
+            return failed[0][1]
+        for name, error in failed:
+            self.store.record_machine_error(self.run_id, name, str(error))
+        return RunAborted("; ".join(str(error) for _, error in failed))
 
     async def _end_aborted(self, message: str, machine: str | None) -> None:
         if machine is not None:
@@ -369,8 +490,8 @@ class Engine:
             return None
         names = self.record.machine_names
         log.info("preflight: probing %s", ", ".join(names))
-        results = await asyncio.gather(
-            *(preflight_round(self.config, self.host(n), self._http, self.policy) for n in names)
+        results = await bounded(
+            names, lambda n: preflight_round(self.config, self.host(n), self._http, self.policy)
         )
         rounds = flag_shared_boot_ids(dict(zip(names, results, strict=True)))
         failures = [f"{name}: {r.first_failure}" for name, r in rounds.items() if not r.passed]
@@ -394,11 +515,18 @@ class Engine:
             self._check_abort("deploying")
             await self._step("deploy", deploy.command, deploy.timeout)
             return None
-        # deploy.mode: per-machine. Runs again after a kill (the killed one is ended first):
-        # a deploy is idempotent, and only its success lets this machine be rebooted.
-        self._check_abort(f"deploying {name}")
-        await self._step(f"deploy {name}", deploy.machine_argv(name), deploy.timeout)
-        self.store.record_deployed(self.run_id, name)
+        # deploy.mode: per-machine, for each machine of the wave in turn (one step runs at a
+        # time). A deploy cut short by a kill runs again (the killed one is ended first): it is
+        # idempotent, and only its success lets the machine be rebooted. Not outside the
+        # window either: the new generation would be what a power cut boots.
+        if self._window_closed(name):
+            return PAUSE
+        for machine in self.waves.members(name):
+            if self._machine(machine).deployed_at is not None:
+                continue
+            self._check_abort(f"deploying {machine}")
+            await self._step(f"deploy {machine}", deploy.machine_argv(machine), deploy.timeout)
+            self.store.record_deployed(self.run_id, machine)
         return None
 
     async def _step(self, label: str, argv: list[str], timeout: float) -> None:
@@ -427,14 +555,14 @@ class Engine:
             raise RunAborted(f"{label}: {exc}") from None
         finally:
             # The group is stopped by now (process.run stops it on every exit).
-            if self.record.step_process is not None:
+            if self.store.step_process(self.run_id) is not None:
                 self.store.clear_step_process(self.run_id)
         log.info("%s: done", label)
 
     async def _end_orphaned_step(self, label: str) -> None:
         """End the step a killed orchestrator left running, so the step never runs twice at
         once; a process group whose id was since reused by someone else is left alone."""
-        step = self.record.step_process
+        step = self.store.step_process(self.run_id)
         if step is None:
             return
         pgid = step.pgid
@@ -453,49 +581,262 @@ class Engine:
             log.info("%s: process group %d of the interrupted run has ended", label, pgid)
         self.store.clear_step_process(self.run_id)
 
-    async def rebooting(self, name: str | None) -> str | None:
+    def _window_closed(self, name: str) -> bool:
+        """Whether this machine's turn must wait for the maintenance window: asked on entering
+        its first state, before anything is done to it. `orchestrator reboot MACHINE` is a
+        person asking now, and is never held back."""
+        hours = self.settings.window.window
+        if hours is None or self.kind is RunKind.REBOOT:
+            return False
+        moment = window.local_now()
+        if hours.contains(moment):
+            return False
+        self.store.record_paused_until(self.run_id, hours.next_start(moment))
+        log.info("run %d: %s, before %s", self.run_id, window.paused_line(hours, moment), name)
+        return True
+
+    async def paused(self, name: str | None) -> str | None:
+        """Paused by the maintenance window: go on if it is open now, else stay paused."""
         assert name is not None
-        record = self.record.machine(name)
-        host = self.host(name)
-        if record.reboot_requested_at is not None and record.boot_id_before is not None:
-            if await self._reboot_under_way(name, host, record.boot_id_before):
-                return None
-            log.info(
-                "%s: the reboot requested before the interruption never started; "
-                "requesting it again",
-                name,
+        hours = self.settings.window.window
+        moment = window.local_now()
+        if hours is not None and not hours.contains(moment):
+            self.store.record_paused_until(self.run_id, hours.next_start(moment))
+            log.info("run %d: still %s", self.run_id, window.paused_line(hours, moment))
+            raise _StayPaused()
+        self.store.record_paused_until(self.run_id, None)
+        log.info("run %d: the maintenance window is open: going on with %s", self.run_id, name)
+        return None
+
+    async def rebooting(self, wave: str | None) -> str | None:
+        """Take the wave's machines down together: each one's boot id and generation read,
+        its reboot decided, its intent committed, and only then the reboot requests, all at
+        once. After an interruption, a machine whose intent is saved has its reboot checked
+        (and sent again if it never started); the others go on as if nothing happened."""
+        assert wave is not None
+        run = self.record
+        members = self.waves.members(wave)
+        records = [run.machine(name) for name in members]
+        sent = [r.name for r in records if r.reboot_requested_at is not None]
+        first = machine_phases(run.kind, run.per_machine_deploy)[0] is Phase.REBOOTING
+        if first and not sent and self._window_closed(wave):
+            return PAUSE
+        if sent:
+            await self._each(sent, self._resume_reboot)
+        fresh = [r.name for r in records if r.reboot_requested_at is None and not r.skipped]
+        if fresh:
+            # No reboot intent is saved for these: nothing has been done to them. The
+            # interlock needs no state of its own: a kill during it leaves the run in
+            # rebooting:<wave> with no intent, so the resume simply asks the fleet again.
+            # Their boot ids and generation facts are read meanwhile (both read-only), so
+            # the interlock's round is not waited for before them.
+            early = self._take_early(wave)
+            reads = asyncio.ensure_future(
+                self._each(fresh, lambda name: self._read_before_reboot(name, early))
             )
-            self._check_abort(f"rebooting {name}")
-            self.store.record_reboot_resend(self.run_id, name)
-            await host.request_reboot()
-            return None
+            try:
+                at_once = await self._interlock(wave, early)
+            except BaseException:
+                reads.cancel()
+                await asyncio.gather(reads, return_exceptions=True)
+                raise
+            boot_ids = await reads
+            if not at_once:
+                # The interlock waited for the fleet: the boot id saved with the intent must
+                # be the one each machine runs now, not one read before the wait.
+                boot_ids = await self._each(fresh, self._read_boot_id)
+            self._check_abort(f"rebooting {wave}")
+            going = [name for name in fresh if self._decide_reboot(name, self._machine(name))]
+            await self._each(going, self._boot_once)
+            self._check_abort(f"rebooting {wave}")
+            for name in going:
+                host = self.host(name)
+                self.store.record_reboot_intent(self.run_id, name, boot_ids[name], host.host_key)
+                log.info("%s: rebooting (boot id %s)", name, boot_ids[name])
+            await self._each(going, self._request_reboot)
+        if all(self._machine(name).skipped for name in members):
+            return SKIP
+        return None
+
+    async def _resume_reboot(self, name: str) -> None:
+        """A machine whose reboot intent was saved before an interruption."""
+        record = self._machine(name)
+        if record.boot_id_before is None:
+            return
+        host = self.host(name)
+        if await self._reboot_under_way(name, host, record.boot_id_before):
+            return
+        log.info(
+            "%s: the reboot requested before the interruption never started; requesting it again",
+            name,
+        )
         self._check_abort(f"rebooting {name}")
+        self.store.record_reboot_resend(self.run_id, name)
+        await host.request_reboot()
+
+    async def _read_boot_id(self, name: str) -> str:
+        """The boot id a machine's reboot must change."""
         try:
-            boot_id = await host.read_boot_id(self.policy.timeouts.command)
+            boot_id = await self.host(name).read_boot_id(self.policy.timeouts.command)
         except ProbeFailed as exc:
-            raise RunAborted(f"{name}: cannot read the boot id before rebooting: {exc}") from None
+            raise RunAborted(
+                f"{name}: cannot read the boot id before rebooting: {exc}", name
+            ) from None
         if boot_id is None:
             raise RunAborted(
                 f"{name}: boot id is not a UUID; refusing to reboot a machine whose return "
-                "could not be proven"
+                "could not be proven",
+                name,
             )
-        if record.nixos is None:
+        return boot_id
+
+    async def _read_before_reboot(self, name: str, early: _EarlyTurn | None) -> str:
+        """A machine's boot id, and (once) its generation facts: what its reboot is decided
+        and proven on."""
+        boot_id = await self._read_boot_id(name)
+        if self._machine(name).nixos is None:
             # Not read again after a kill before the intent was saved: no reboot was sent,
             # so what was read then still holds (and the warning is not repeated).
-            await self._generation_before(name, host)
-            # That read may have taken a while: an abort asked for meanwhile still wins.
-            self._check_abort(f"rebooting {name}")
-            record = self.record.machine(name)
-        if not self._decide_reboot(name, record):
-            return SKIP
-        await self._boot_once(name, host, self.record.machine(name))
-        self._check_abort(f"rebooting {name}")
-        self.store.record_reboot_intent(self.run_id, name, boot_id, host.host_key)
-        log.info("%s: rebooting (boot id %s)", name, boot_id)
-        await host.request_reboot()
+            facts = early.facts.get(name) if early is not None else None
+            await self._generation_before(name, self.host(name), facts)
+        return boot_id
+
+    async def _request_reboot(self, name: str) -> None:
+        await self.host(name).request_reboot()
         log.info("%s: reboot requested", name)
         await self._emit(EventKind.MACHINE_REBOOTING, name)
-        return None
+
+    def _interlock_others(self, wave: str, covered: str | None = None) -> list[str]:
+        """Who the interlock before ``wave`` asks: every machine of the run outside it (done
+        or still pending; a skipped one was never taken down and is left out), but those of
+        wave ``covered``, whose own gates prove them healthy."""
+        members = set(self.waves.members(wave))
+        if covered is not None:
+            members |= set(self.waves.members(covered))
+        return [m.name for m in self.record.machines if m.name not in members and not m.skipped]
+
+    async def _interlock_round(self, others: list[str]) -> list[GateRound | BaseException]:
+        limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
+
+        async def probe(other: str) -> GateRound:
+            async with limit:
+                return await probe_once(self.target(other), self._http, self.policy, ProbeFailed)
+
+        return await asyncio.gather(*(probe(o) for o in others), return_exceptions=True)
+
+    def _start_early(self, wave: str) -> None:
+        """Start the next wave's turn now, as every machine of ``wave`` has passed a gate
+        round: the interlock's round then runs during ``wave``'s stability window instead of
+        after it. It asks every machine but those of the two waves: ``wave``'s are proven
+        healthy by the rest of their own gates; a round that finds anyone unhealthy is not
+        used, and the interlock then asks the whole fleet again as usual. The next wave's
+        generation facts are read meanwhile too (read-only), unless a per-machine deploy
+        comes before its reboot. Never its boot ids: a machine that rebooted on its own in
+        the meantime would seem to come back from a reboot it was never sent."""
+        index = self.waves.names.index(wave) + 1
+        if index >= len(self.waves.names) or self._early is not None:
+            return
+        following = self.waves.names[index]
+        if not self.settings.interlock.enabled:
+            return
+        others = self._interlock_others(following, covered=wave)
+        interlock = asyncio.create_task(self._interlock_round(others))
+        facts: dict[str, asyncio.Task[Facts]] = {}
+        first = machine_phases(self.kind, self.record.per_machine_deploy)[0]
+        if first is Phase.REBOOTING:
+            limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
+
+            async def read(name: str) -> Facts:
+                async with limit:
+                    return await generations.read(self.host(name), self.policy.timeouts.command)
+
+            for name in self.waves.members(following):
+                if self._machine(name).nixos is None and self.config.machine(name).generations:
+                    task = asyncio.create_task(read(name))
+                    # Awaited by _generation_before, or never (then its failure is no one's).
+                    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+                    facts[name] = task
+        self._early = _EarlyTurn(following, time.monotonic(), interlock, facts)
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            self._early.cancel()
+            self._early = None
+
+    def _take_early(self, wave: str) -> _EarlyTurn | None:
+        """The early turn for ``wave``, if it is for it and recent: started at most
+        ``stable_passes`` poll intervals ago, i.e. within the stability window it ran in and
+        one interval more (a settle delay, or a resume, makes it stale)."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        max_age = self.policy.poll_interval * self.policy.stable_passes
+        if early.wave != wave or time.monotonic() - early.started > max_age:
+            early.cancel()
+            return None
+        return early
+
+    async def _interlock(self, name: str, early: _EarlyTurn | None = None) -> bool:
+        """The fleet interlock: before wave ``name`` is taken down, every machine of the run
+        outside it (done or still pending; a skipped one was never taken down and is left
+        out) gets one bounded gate round, all at once, as in preflight. While any fails,
+        nothing is taken down: every ``reboot.poll_interval`` the fleet is asked again, until
+        all pass or ``interlock.timeout`` runs out (then the run aborts, naming the machine
+        and its probe) or an ``orchestrator abort`` arrives. True: the fleet passed at the
+        first ask, which may be the round ``early`` started during the wave before's
+        stability window (``_start_early``), if it passed."""
+        settings = self.settings.interlock
+        others = self._interlock_others(name)
+        if not settings.enabled or not others:
+            return True  # `orchestrator reboot MACHINE`: a run of one, there are no others
+        if early is not None:
+            answers = await early.interlock
+            if all(isinstance(a, GateRound) and a.passed for a in answers):
+                log.info(
+                    "%s: interlock: the other %d machines are healthy (those just rebooted "
+                    "by their own gates)",
+                    name,
+                    len(others),
+                )
+                return True
+        deadline = time.monotonic() + settings.timeout
+        logged: str | None = None
+        while True:
+            answers = await self._interlock_round(others)
+            failing: tuple[str, str] | None = None
+            for other, answer in zip(others, answers, strict=True):
+                if isinstance(answer, OrchestratorError):
+                    # A changed host key: not something waiting mends.
+                    raise RunAborted(
+                        f"interlock: {answer}; not taking {name} down", self._sole_machine(name)
+                    )
+                if isinstance(answer, BaseException):
+                    raise answer
+                if failing is None and answer.first_failure is not None:
+                    failing = (other, str(answer.first_failure))
+            if failing is None:
+                if logged is not None:
+                    log.info("%s: interlock: every other machine is healthy again", name)
+                else:
+                    log.info("%s: interlock: the other %d machines are healthy", name, len(others))
+                return logged is None
+            other, probe_text = failing
+            line = f"interlock: {other}: {probe_text}"
+            if line != logged:
+                logged = line
+                log.info("%s: waiting: %s", name, line)
+            if time.monotonic() >= deadline:
+                # Recorded against the machine not taken down: a machine already rebooted stays
+                # `healthy` in the run's record (it was proven back), so the one the rollout
+                # stopped at is this one; the message names the unhealthy one and its probe.
+                raise RunAborted(
+                    f"interlock: {other} is unhealthy ({probe_text}); not taking {name} down",
+                    self._sole_machine(name),
+                )
+            self._check_abort(f"rebooting {name}")
+            remaining = deadline - time.monotonic()
+            await asyncio.sleep(max(0.0, min(self.settings.reboot.poll_interval, remaining)))
+            self._check_abort(f"rebooting {name}")
 
     def _decide_reboot(self, name: str, record: MachineRecord) -> bool:
         """Record why the machine is rebooted, or why not; False: skip it
@@ -507,7 +848,7 @@ class Engine:
         reboot = self.settings.reboot
         need = generations.reboot_need(facts, reboot.if_changed)
         # `orchestrator reboot MACHINE` is a request for a reboot: never skipped.
-        asked = self.record.kind is RunKind.REBOOT
+        asked = self.kind is RunKind.REBOOT
         if need.needed or reboot.when == "always" or asked:
             why = "requested by `orchestrator reboot`" if asked else "reboot.when is always"
             reason = need.reason if need.needed else f"{why} ({need.reason})"
@@ -518,10 +859,12 @@ class Engine:
         log.info("%s: skipped, no reboot needed: %s", name, need.reason)
         return False
 
-    async def _boot_once(self, name: str, host: Host, record: MachineRecord) -> None:
+    async def _boot_once(self, name: str) -> None:
         """``reboot.boot_once``: the new generation boots once, the known-good one stays the
         default, so a machine that hangs on the new one comes back on the old one after a
         power cycle. Repeated after a kill before the reboot intent (it is idempotent)."""
+        record = self._machine(name)
+        host = self.host(name)
         facts = record.facts_before
         if not self.settings.reboot.boot_once or facts is None or record.nixos is not True:
             return
@@ -553,10 +896,13 @@ class Engine:
             facts.booted_generation or "?",
         )
 
-    async def _generation_before(self, name: str, host: Host) -> None:
+    async def _generation_before(
+        self, name: str, host: Host, early: asyncio.Task[Facts] | None = None
+    ) -> None:
         """Record what the machine runs and what its reboot should boot. Never stops the
         reboot: a machine that is not NixOS, or whose facts cannot be read, gets one warning
-        and is rebooted exactly as without them (its generation checks are skipped)."""
+        and is rebooted exactly as without them (its generation checks are skipped).
+        ``early``: the same read, started during the previous wave's stability window."""
         if not self.config.machine(name).generations:
             self.store.record_generation_before(
                 self.run_id, name, generations.NotNixos("generations: false")
@@ -564,7 +910,7 @@ class Engine:
             log.info("%s: generation checks off (generations: false)", name)
             return
         try:
-            facts = await generations.read(host, self.policy.timeouts.command)
+            facts = await (early or generations.read(host, self.policy.timeouts.command))
         except generations.FactsUnreadable as exc:
             log.warning(
                 "warning: %s: cannot read the NixOS generation (%s): generation checks skipped",
@@ -590,7 +936,7 @@ class Engine:
     async def _generation_after(self, name: str) -> None:
         """Record what the machine came back on, once it passed the gate: only for a machine
         whose facts were read before (the others were warned about once, then)."""
-        if self.record.machine(name).nixos is not True:
+        if self._machine(name).nixos is not True:
             return
         try:
             facts = await generations.read(self.host(name), self.policy.timeouts.command)
@@ -636,7 +982,7 @@ class Engine:
         gate = self.target(name)
         if expected_system is None:
             return gate
-        record = self.record.machine(name)
+        record = self._machine(name)
         known = {
             system: generation
             for system, generation in (
@@ -685,6 +1031,8 @@ class Engine:
                     elapsed = time.monotonic() - started
                     waiting = Waiting(summary, elapsed, reboot.timeout)
                     await self._emit(EventKind.MACHINE_WAITING, name, waiting=waiting)
+            if not rollback:
+                self._on_gate_round(name, result.passed)
             if self.store.abort_requested(self.run_id):
                 raise RunAborted(
                     f"aborted on request (orchestrator abort) while verifying {name}, "
@@ -726,7 +1074,7 @@ class Engine:
     async def _power_cycle(
         self, name: str, argv: list[str], dark_for: float, *, rollback: bool
     ) -> None:
-        record = self.record.machine(name)
+        record = self._machine(name)
         done = record.rollback_power_cycled_at if rollback else record.power_cycled_at
         if done is not None:
             return
@@ -754,9 +1102,48 @@ class Engine:
         log.info("%s: power cycle done; waiting for the rest of reboot.timeout", name)
         self.host(name).drop()
 
-    async def verifying(self, name: str | None) -> str | None:
-        assert name is not None
-        record = self.record.machine(name)
+    async def verifying(self, wave: str | None) -> str | None:
+        """Gate every rebooted machine of the wave, all at once and each to its end; the wave
+        passes when all of them do. A failure stops the run after the wave: the machines
+        that can be rolled back are (``roll_back``), the others' errors are recorded."""
+        assert wave is not None
+        self._warm_up_next(wave)
+        rebooted = [n for n in self.waves.members(wave) if not self._machine(n).skipped]
+        self._gated, self._passing = frozenset(rebooted), set()
+        if len(rebooted) == 1:
+            return await self._verify(rebooted[0])
+        results = await asyncio.gather(
+            *(self._verify(name) for name in rebooted), return_exceptions=True
+        )
+        failed: list[tuple[str, OrchestratorError]] = []
+        for name, result in zip(rebooted, results, strict=True):
+            if isinstance(result, OrchestratorError):
+                failed.append((name, result))
+            elif isinstance(result, BaseException):
+                raise result
+        if any(result == ROLL_BACK for result in results):
+            for name, error in failed:
+                self.store.record_machine_error(self.run_id, name, str(error))
+                log.error("%s: %s", name, error)
+            return ROLL_BACK
+        if failed:
+            raise self._wave_failed(failed)
+        return None
+
+    def _on_gate_round(self, name: str, passed: bool) -> None:
+        """A pass may be the first of the streak that proves ``name``: once every rebooted
+        machine of its wave is on one, the next wave's interlock can ask the others now,
+        during the stability window. A failing round stops that."""
+        if not passed:
+            self._passing.discard(name)
+            self._drop_early()
+            return
+        self._passing.add(name)
+        if self._gated <= self._passing:
+            self._start_early(self.waves.wave_of(name))
+
+    async def _verify(self, name: str) -> str | None:
+        record = self._machine(name)
         assert record.boot_id_before is not None
         expected = record.system_expected if record.nixos else None
         try:
@@ -786,13 +1173,14 @@ class Engine:
         )
         await self._generation_after(name)
         await self._make_default(name)
-        self.host(name).drop()
+        # The connection stays open: the interlock before the next reboot asks this machine
+        # again at once, and a new handshake would be all of that round's cost.
         await self._emit(EventKind.MACHINE_HEALTHY, name)
         return None
 
     async def _make_default(self, name: str) -> None:
         """After boot-once and a passed gate: the new generation becomes the default."""
-        record = self.record.machine(name)
+        record = self._machine(name)
         if record.boot_once is None or record.made_default_at is not None:
             return
         assert record.system_expected is not None
@@ -813,7 +1201,7 @@ class Engine:
     async def _after_failure(self, name: str, failed: GateFailed) -> str:
         """A failed gate ends the rollout at this machine: rolled back first when
         ``on_failure: rollback``, its facts are known, and SSH still answers."""
-        record = self.record.machine(name)
+        record = self._machine(name)
         why_not = self._cannot_roll_back(record)
         if why_not is None:
             try:
@@ -852,21 +1240,33 @@ class Engine:
             return f"it already boots generation {record.generation_before}'s system"
         return None
 
-    async def rolling_back(self, name: str | None) -> str | None:
+    def _rolling_back(self, wave: str) -> list[str]:
+        """The machines of the wave whose failed gate started a rollback."""
+        return [
+            name
+            for name in self.waves.members(wave)
+            if self._machine(name).rollback_started_at is not None
+        ]
+
+    async def rolling_back(self, wave: str | None) -> str | None:
+        assert wave is not None
+        await self._each(self._rolling_back(wave), self._roll_back)
+        return None
+
+    async def _roll_back(self, name: str) -> None:
         """Make the known-good system the boot default again, then reboot into it. Both
         steps have their intent committed first; the helper is idempotent (a second call
         makes no second generation), so a resume after a kill rolls back exactly once."""
-        assert name is not None
-        record = self.record.machine(name)
+        record = self._machine(name)
         host = self.host(name)
         if record.rollback_requested_at is not None and record.rollback_boot_id_before:
             if await self._reboot_under_way(name, host, record.rollback_boot_id_before):
-                return None
+                return
             log.info("%s: the rollback reboot never started; requesting it again", name)
             self._check_abort(f"the rollback reboot of {name}")
             self.store.record_rollback_reboot_resend(self.run_id, name)
             await host.request_reboot()
-            return None
+            return
         assert record.system_before is not None
         self._check_abort(f"rolling back {name}")
         if record.rollback_done_at is None:
@@ -905,13 +1305,17 @@ class Engine:
         )
         await host.request_reboot()
         await self._emit(EventKind.MACHINE_REBOOTING, name)
-        return None
 
-    async def verifying_rollback(self, name: str | None) -> str | None:
-        """The same gate, against the known-good system. The run ends ``aborted`` either
-        way: the generation it was deploying failed on this machine."""
-        assert name is not None
-        record = self.record.machine(name)
+    async def verifying_rollback(self, wave: str | None) -> str | None:
+        """The same gate, against the known-good system, for every machine of the wave that
+        was rolled back. The run ends ``aborted`` either way: the generation it was
+        deploying failed on them."""
+        assert wave is not None
+        await self._each(self._rolling_back(wave), self._verify_rollback)
+        raise AssertionError("unreachable: every rolled-back machine ends the run")
+
+    async def _verify_rollback(self, name: str) -> None:
+        record = self._machine(name)
         assert record.rollback_boot_id_before is not None
         try:
             result = await self._await_gate(
@@ -948,7 +1352,9 @@ class Engine:
     async def settling(self, name: str | None) -> str | None:
         assert name is not None
         settle = self.settings.reboot.settle
-        healthy_at = self.record.machine(name).healthy_at
+        # A wave settles from the last of its machines to be proven healthy.
+        times = [self._machine(m).healthy_at for m in self.waves.members(name)]
+        healthy_at = max((t for t in times if t is not None), default=None)
         if settle <= 0 or healthy_at is None:
             return None
         # Measured from healthy_at, so a resume does not start the wait over.
@@ -1001,12 +1407,23 @@ async def _drive(
         return await Engine(config, store, run, events).drive(resumed=True)
     if start is None:
         return None
-    names = [only] if only else list(config.machine_order)
+    names = (only,) if only else config.machine_order
     machines = [(name, config.machine(name).local) for name in names]
     per_machine = start is RunKind.NIGHTLY and config.settings.deploy.mode == "per-machine"
-    run = store.create_run(start, machines, config.path, per_machine_deploy=per_machine)
+    waves = config.run_waves(names)
+    run = store.create_run(
+        start,
+        machines,
+        config.path,
+        per_machine_deploy=per_machine,
+        waves=waves if waves.grouped else None,
+    )
     logs.set_run_context(run.run_id, run.state)
-    log.info("run %d: %s run of %s", run.run_id, start.value, " -> ".join(names))
+    shown = " -> ".join(
+        " + ".join(group) if len(group) <= 4 else f"{group[0]} + … + {group[-1]} ({len(group)})"
+        for group in waves.groups
+    )
+    log.info("run %d: %s run of %s", run.run_id, start.value, shown)
     return await Engine(config, store, run, events).drive(resumed=False)
 
 
@@ -1062,7 +1479,7 @@ async def _abort_idle(config_path: Path, store: Store, run: RunRecord) -> str:
     build_machine(
         model,
         run.kind,
-        run.machine_names,
+        run.waves.names,
         initial=run.state,
         per_machine_deploy=run.per_machine_deploy,
     )

@@ -15,11 +15,12 @@ borgmatic's: through the process runner, with the summary as JSON on stdin.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -52,10 +53,16 @@ class Waiting:
 @dataclass(frozen=True)
 class RunEvent:
     kind: EventKind
-    summary: RunSummary
+    # The run's summary, or how to make it: made once, and only if a hook reads it (a summary
+    # of 500 machines costs tens of ms, and most events reach no hook that needs one).
+    source: RunSummary | Callable[[], RunSummary] = field(repr=False)
     machine: str | None = None
     resumed: bool = False  # RUN_STARTED only: an interrupted run continues
     waiting: Waiting | None = None  # MACHINE_WAITING only
+
+    @functools.cached_property
+    def summary(self) -> RunSummary:
+        return self.source if isinstance(self.source, RunSummary) else self.source()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -87,9 +94,11 @@ class EventPoint:
         self.hooks.append(hook)
 
     async def emit(self, event: RunEvent) -> None:
-        for hook in self.hooks:
-            if hook.wants(event):
-                await self._deliver(hook, event)
+        wanting = [hook for hook in self.hooks if hook.wants(event)]
+        if wanting:
+            _ = event.summary  # made now, as the run stands at the event, for every hook alike
+        for hook in wanting:
+            await self._deliver(hook, event)
 
     @staticmethod
     async def _deliver(hook: Hook, event: RunEvent) -> None:

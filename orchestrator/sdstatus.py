@@ -22,7 +22,7 @@ from health_checks.text import from_host
 from orchestrator.hooks import EventKind, Hook, RunEvent, Waiting
 from orchestrator.process import display
 from orchestrator.report import RunSummary, exact_duration
-from orchestrator.states import Phase, StateName
+from orchestrator.states import WAVE_PREFIX, Phase, StateName
 
 log = logging.getLogger("orchestrator")
 
@@ -69,13 +69,20 @@ def state_text(summary: RunSummary, update: Sequence[str] = (), deploy: Sequence
             text = f"deploying {machine}"
         case Phase.DEPLOYING:
             text = _step("deploying", deploy)
+        case Phase.REBOOTING if machine in names:
+            text = f"rebooting {machine} ({names.index(machine) + 1} of {len(names)})"
         case Phase.REBOOTING:
-            position = names.index(machine) + 1 if machine in names else "?"
-            text = f"rebooting {machine} ({position} of {len(names)})"
+            # A wave of several machines: `rebooting wave-2 (3 of 20 waves, 25 machines)`.
+            waves = {m.wave for m in summary.machines}
+            number = machine.removeprefix(WAVE_PREFIX)
+            members = [m for m in summary.machines if str(m.wave) == number]
+            text = f"rebooting {machine} ({number} of {len(waves)} waves, {len(members)} machines)"
         case Phase.VERIFYING | Phase.SETTLING:
             text = f"{state.phase} {machine}"
         case Phase.ROLLING_BACK:
             text = f"rolling back {machine}: its new generation failed the gate"
+        case Phase.PAUSED:
+            text = f"paused before {machine}: waiting for the maintenance window"
         case Phase.VERIFYING_ROLLBACK:
             text = f"verifying {machine} on the rolled-back generation"
         case Phase.DONE:

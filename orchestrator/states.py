@@ -11,15 +11,21 @@ Two side roads leave the sequence, each only from one state:
 - ``skip``: ``rebooting:<m>`` → the next machine's first state (or ``done``), for a machine whose
   booted system already runs what a reboot would boot (``reboot.when: if-needed``);
 - ``roll_back``: ``verifying:<m>`` → ``rolling-back:<m>`` → ``verifying-rollback:<m>``, which
-  ends ``aborted`` whatever the rollback's own gate says: the run stops at that machine.
+  ends ``aborted`` whatever the rollback's own gate says: the run stops at that machine;
+- ``pause``: a machine's first state → ``paused:<m>`` when the maintenance window is closed;
+  ``advance`` leads back to that first state once it is open (the run process exits between).
 
 Any non-final state can go to ``aborted``. The table is plain data so that ``status`` can read
 it without importing ``transitions``; ``build_machine`` turns the very same lists into a
 ``transitions`` AsyncMachine, which is what the engine drives and what enforces that only these
 moves ever happen.
 
-Machine names live in flat state names (``rebooting:grey-area``) on purpose: transitions joins
-*nested* state names with ``_``, which a host name could collide with.
+Machines are taken down a *wave* at a time. By default every wave is one machine, named by it
+(``rebooting:grey-area``); with ``max_unavailable`` or ``waves`` a wave of several machines is
+named by its number (``rebooting:wave-2``), and its machines are rebooted and gated together.
+``Waves`` says which machines a wave holds; the table itself only knows wave names, so one
+table serves both. Names stay flat (``phase:wave``) on purpose: transitions joins *nested*
+state names with ``_``, which a host name could collide with.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Phase(StrEnum):
     SETTLING = "settling"
     ROLLING_BACK = "rolling-back"
     VERIFYING_ROLLBACK = "verifying-rollback"
+    PAUSED = "paused"
     DONE = "done"
     ABORTED = "aborted"
 
@@ -57,6 +64,58 @@ ADVANCE = "advance"
 ABORT = "abort"
 SKIP = "skip"
 ROLL_BACK = "roll_back"
+PAUSE = "pause"
+
+
+WAVE_PREFIX = "wave-"
+
+
+@dataclass(frozen=True)
+class Waves:
+    """The run's machines in the groups that go down together, in order. A group of one
+    machine is named by that machine; a larger one ``wave-<n>`` (its 1-based number), a name
+    the config loader keeps free of machine names."""
+
+    groups: tuple[tuple[str, ...], ...]
+
+    @classmethod
+    def one_by_one(cls, machines: Sequence[str]) -> Waves:
+        return cls(tuple((name,) for name in machines))
+
+    @functools.cached_property
+    def names(self) -> tuple[str, ...]:
+        return tuple(
+            group[0] if len(group) == 1 else f"{WAVE_PREFIX}{number}"
+            for number, group in enumerate(self.groups, start=1)
+        )
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, tuple[str, ...]]:
+        return dict(zip(self.names, self.groups, strict=True))
+
+    @functools.cached_property
+    def _of_machine(self) -> dict[str, int]:
+        return {machine: index for index, group in enumerate(self.groups) for machine in group}
+
+    @property
+    def grouped(self) -> bool:
+        """Whether any wave holds more than one machine."""
+        return any(len(group) > 1 for group in self.groups)
+
+    def members(self, wave: str) -> tuple[str, ...]:
+        return self._by_name[wave]
+
+    def wave_of(self, machine: str) -> str:
+        return self.names[self._of_machine[machine]]
+
+    def number_of(self, machine: str) -> int:
+        """The 1-based number of the machine's wave."""
+        return self._of_machine[machine] + 1
+
+    def after(self, wave: str) -> tuple[str, ...]:
+        """The machines of the wave after ``wave`` (none after the last)."""
+        index = self.names.index(wave) + 1
+        return self.groups[index] if index < len(self.groups) else ()
 
 
 @dataclass(frozen=True)
@@ -74,10 +133,10 @@ class StateName:
 
 
 def work_states(
-    kind: RunKind, machines: Sequence[str], *, per_machine_deploy: bool = False
+    kind: RunKind, waves: Sequence[str], *, per_machine_deploy: bool = False
 ) -> list[str]:
     """The states that do work, in order; ``done`` follows the last one."""
-    return list(_work_states(kind, tuple(machines), per_machine_deploy))
+    return list(_work_states(kind, tuple(waves), per_machine_deploy))
 
 
 def machine_phases(kind: RunKind, per_machine_deploy: bool) -> tuple[Phase, ...]:
@@ -89,59 +148,81 @@ def machine_phases(kind: RunKind, per_machine_deploy: bool) -> tuple[Phase, ...]
 
 @functools.lru_cache(maxsize=8)
 def _work_states(
-    kind: RunKind, machines: tuple[str, ...], per_machine_deploy: bool
+    kind: RunKind, waves: tuple[str, ...], per_machine_deploy: bool
 ) -> tuple[str, ...]:
     head = [Phase.PREFLIGHT]
     if kind is RunKind.NIGHTLY:
         head += [Phase.UPDATING] if per_machine_deploy else [Phase.UPDATING, Phase.DEPLOYING]
     states = [str(StateName(phase)) for phase in head]
-    for machine in machines:
+    for wave in waves:
         states += [
-            str(StateName(phase, machine)) for phase in machine_phases(kind, per_machine_deploy)
+            str(StateName(phase, wave)) for phase in machine_phases(kind, per_machine_deploy)
         ]
     return tuple(states)
 
 
 def transition_table(
-    kind: RunKind, machines: Sequence[str], *, per_machine_deploy: bool = False
+    kind: RunKind, waves: Sequence[str], *, per_machine_deploy: bool = False
 ) -> list[dict[str, str]]:
-    sequence = [*work_states(kind, machines, per_machine_deploy=per_machine_deploy), "done"]
+    sequence = [*work_states(kind, waves, per_machine_deploy=per_machine_deploy), "done"]
     table = [
         {"trigger": ADVANCE, "source": source, "dest": dest} for source, dest in pairwise(sequence)
     ]
-    for machine in machines:
-        rebooting, verifying, settling = (str(StateName(p, machine)) for p in MACHINE_PHASES)
-        rolling_back, verifying_rollback = (str(StateName(p, machine)) for p in ROLLBACK_PHASES)
+    for wave in waves:
+        rebooting, verifying, settling = (str(StateName(p, wave)) for p in MACHINE_PHASES)
+        rolling_back, verifying_rollback = (str(StateName(p, wave)) for p in ROLLBACK_PHASES)
         after = sequence[sequence.index(settling) + 1]
+        first = str(StateName(machine_phases(kind, per_machine_deploy)[0], wave))
+        paused = str(StateName(Phase.PAUSED, wave))
         table += [
             {"trigger": SKIP, "source": rebooting, "dest": after},
             {"trigger": ROLL_BACK, "source": verifying, "dest": rolling_back},
             {"trigger": ADVANCE, "source": rolling_back, "dest": verifying_rollback},
+            {"trigger": PAUSE, "source": first, "dest": paused},
+            {"trigger": ADVANCE, "source": paused, "dest": first},
         ]
     table += [
         {"trigger": ABORT, "source": source, "dest": Phase.ABORTED.value}
-        for source in all_states(kind, machines, per_machine_deploy=per_machine_deploy)
+        for source in all_states(kind, waves, per_machine_deploy=per_machine_deploy)
         if source not in FINAL_STATES
     ]
     return table
 
 
 def all_states(
-    kind: RunKind, machines: Sequence[str], *, per_machine_deploy: bool = False
+    kind: RunKind, waves: Sequence[str], *, per_machine_deploy: bool = False
 ) -> list[str]:
-    rollback = [str(StateName(phase, m)) for m in machines for phase in ROLLBACK_PHASES]
-    return [
-        *work_states(kind, machines, per_machine_deploy=per_machine_deploy),
-        *rollback,
+    return list(_all_states(kind, tuple(waves), per_machine_deploy))
+
+
+def is_state_of(
+    state: str, kind: RunKind, waves: Sequence[str], *, per_machine_deploy: bool = False
+) -> bool:
+    return state in _state_set(kind, tuple(waves), per_machine_deploy)
+
+
+@functools.lru_cache(maxsize=8)
+def _all_states(kind: RunKind, waves: tuple[str, ...], per_machine_deploy: bool) -> tuple[str, ...]:
+    side_roads = [
+        str(StateName(phase, w)) for w in waves for phase in (*ROLLBACK_PHASES, Phase.PAUSED)
+    ]
+    return (
+        *_work_states(kind, waves, per_machine_deploy),
+        *side_roads,
         Phase.DONE.value,
         Phase.ABORTED.value,
-    ]
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _state_set(kind: RunKind, waves: tuple[str, ...], per_machine_deploy: bool) -> frozenset[str]:
+    return frozenset(_all_states(kind, waves, per_machine_deploy))
 
 
 def build_machine(
     model: Any,
     kind: RunKind,
-    machines: Sequence[str],
+    waves: Sequence[str],
     initial: str,
     *,
     per_machine_deploy: bool = False,
@@ -155,8 +236,8 @@ def build_machine(
 
     return AsyncMachine(
         model=model,
-        states=all_states(kind, machines, per_machine_deploy=per_machine_deploy),
-        transitions=transition_table(kind, machines, per_machine_deploy=per_machine_deploy),
+        states=all_states(kind, waves, per_machine_deploy=per_machine_deploy),
+        transitions=transition_table(kind, waves, per_machine_deploy=per_machine_deploy),
         initial=initial,
         auto_transitions=False,
         ignore_invalid_triggers=False,
@@ -167,40 +248,60 @@ def build_machine(
 def machine_state(
     run_state: str,
     kind: RunKind,
-    machines: Sequence[str],
-    name: str,
+    waves: Sequence[str],
+    wave: str,
     *,
     per_machine_deploy: bool = False,
 ) -> str:
-    """Where one machine stands, derived from the run's single state (never stored twice):
-    the phase of its own state, else ``healthy`` once the run is past it, else ``pending``.
-    (Skipped and rolled-back machines are told apart by their record, not by the state.)"""
-    sequence = work_states(kind, machines, per_machine_deploy=per_machine_deploy)
-    phases = (*machine_phases(kind, per_machine_deploy), *ROLLBACK_PHASES)
-    own = [str(StateName(phase, name)) for phase in phases]
+    """Where the machines of ``wave`` stand, derived from the run's single state (never stored
+    twice): the phase of the wave's own state, else ``healthy`` once the run is past it, else
+    ``pending``. (Skipped and rolled-back machines are told apart by their record.)"""
     if run_state == Phase.DONE.value:
         return "healthy"
-    if run_state in own:
-        return StateName.parse(run_state).phase.value
-    if run_state not in sequence:
-        return "pending"  # aborted, or another machine's rollback: the record tells
-    position = sequence.index(run_state)
-    last = str(StateName(Phase.SETTLING, name))
-    return "healthy" if position > sequence.index(last) else "pending"
+    state = StateName.parse(run_state)
+    if state.machine == wave:
+        return state.phase.value
+    positions = _positions(kind, tuple(waves), per_machine_deploy)
+    anchor = positions.get(_on_the_main_road(run_state, kind, per_machine_deploy))
+    if anchor is None:
+        return "pending"  # aborted: the caller knows from the record whether it was reached
+    last = positions[str(StateName(Phase.SETTLING, wave))]
+    return "healthy" if anchor > last else "pending"
 
 
-def mermaid(kind: RunKind, machines: Sequence[str], *, per_machine_deploy: bool = False) -> str:
+@functools.lru_cache(maxsize=8)
+def _positions(kind: RunKind, waves: tuple[str, ...], per_machine_deploy: bool) -> dict[str, int]:
+    """Each work state's place in the sequence: ``status`` of 500 machines asks 500 times."""
+    return {
+        state: index for index, state in enumerate(_work_states(kind, waves, per_machine_deploy))
+    }
+
+
+def _on_the_main_road(run_state: str, kind: RunKind, per_machine_deploy: bool) -> str:
+    """The state of the main road a side road left from: where the run stands for every
+    other machine (a pause before a machine's first state, a rollback after verifying it)."""
+    if run_state in FINAL_STATES:
+        return run_state
+    state = StateName.parse(run_state)
+    if state.phase is Phase.PAUSED:
+        return str(StateName(machine_phases(kind, per_machine_deploy)[0], state.machine))
+    if state.phase in ROLLBACK_PHASES:
+        return str(StateName(Phase.VERIFYING, state.machine))
+    return run_state
+
+
+def mermaid(kind: RunKind, waves: Sequence[str], *, per_machine_deploy: bool = False) -> str:
     """A Mermaid state diagram of the same table, for the README and ``orchestrator plan``."""
     lines = ["stateDiagram-v2", f"    [*] --> {Phase.PREFLIGHT.value}"]
-    table = transition_table(kind, machines, per_machine_deploy=per_machine_deploy)
+    table = transition_table(kind, waves, per_machine_deploy=per_machine_deploy)
     for row in table:
         source, dest = (row["source"].replace(":", "_"), row["dest"].replace(":", "_"))
         if row["trigger"] == ABORT:
             continue
         label = "" if row["trigger"] == ADVANCE else f": {row['trigger']}"
         lines.append(f"    {source} --> {dest}{label}")
-    for machine in machines:
-        source = str(StateName(Phase.VERIFYING_ROLLBACK, machine)).replace(":", "_")
+    for wave in waves:
+        source = str(StateName(Phase.VERIFYING_ROLLBACK, wave)).replace(":", "_")
         lines.append(f"    {source} --> {Phase.ABORTED.value}")
     lines.append(f"    {Phase.DONE.value} --> [*]")
     lines.append("    note right of aborted: any state --> aborted")

@@ -8,12 +8,13 @@ runs stay in the same file: that is ``orchestrator history``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -22,9 +23,9 @@ from typing import Any, TypeVar
 from orchestrator import files
 from orchestrator.errors import StoreError
 from orchestrator.generations import GenerationFacts, NotNixos
-from orchestrator.states import FINAL_STATES, Phase, RunKind, all_states
+from orchestrator.states import FINAL_STATES, Phase, RunKind, StateName, Waves, is_state_of
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 STORE_FILE = "state.db"
 
 _SCHEMA = """
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS runs (
     step_leader_start INTEGER,
     step_boot_id TEXT,
     step_token TEXT,
-    deploy_mode TEXT
+    deploy_mode TEXT,
+    paused_until TEXT
 );
 CREATE TABLE IF NOT EXISTS machines (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -83,6 +85,7 @@ CREATE TABLE IF NOT EXISTS machines (
     rollback_power_cycled_at TEXT,
     rollback_boot_id_after TEXT,
     rollback_healthy_at TEXT,
+    wave INTEGER,
     PRIMARY KEY (run_id, name)
 );
 CREATE TABLE IF NOT EXISTS steps (
@@ -90,6 +93,8 @@ CREATE TABLE IF NOT EXISTS steps (
     state TEXT NOT NULL,
     entered_at TEXT NOT NULL
 );
+-- status reads the latest run's steps: without this, a scan of every run's (schema 7)
+CREATE INDEX IF NOT EXISTS steps_by_run ON steps(run_id);
 """
 
 
@@ -119,9 +124,15 @@ class _RowReader:
     def __init__(self, path: Path, run_id: int) -> None:
         self.path = path
         self.run_id = run_id
+        # Every row of a table has the same columns: looked up once, not once per value (a
+        # run of 500 machines is some 20,000 values).
+        self._columns: dict[str, frozenset[str]] = {}
 
     def __call__(self, row: sqlite3.Row, table: str, column: str, parse: Callable[[Any], _T]) -> _T:
-        value = row[column] if column in row.keys() else None  # noqa: SIM118 (Row: values)
+        columns = self._columns.get(table)
+        if columns is None:
+            columns = self._columns[table] = frozenset(row.keys())
+        value = row[column] if column in columns else None
         try:
             return parse(value)
         except (ValueError, TypeError, KeyError) as exc:
@@ -195,6 +206,16 @@ def _facts(value: object) -> GenerationFacts | None:
     return None if value is None else GenerationFacts.from_json(json.loads(_text(value)))
 
 
+def _quick_check(*, whole: bool) -> str:
+    """The check a store gets on opening. A run (which may reboot machines on what it reads)
+    checks the whole file; a reader (status, history) only the runs table, so that a history
+    of 1,000 runs of 500 machines (some 270 MB) does not cost ``status`` a second: damage
+    elsewhere is found, and reported as corruption, when it is read (``Store._read``)."""
+    if whole or sqlite3.sqlite_version_info < (3, 33, 0):  # a table argument since 3.33
+        return "PRAGMA quick_check"
+    return "PRAGMA quick_check(runs)"
+
+
 def _owner(path: Path) -> str:
     try:
         return f" (uid {path.stat().st_uid})"
@@ -212,11 +233,32 @@ def _step_process(row: sqlite3.Row) -> StepProcess:
     )
 
 
-def _state(value: object, kind: RunKind, machines: list[str], per_machine_deploy: bool) -> str:
+def _state(value: object, kind: RunKind, waves: Waves, per_machine_deploy: bool) -> str:
     state = _text(value)
-    if state not in all_states(kind, machines, per_machine_deploy=per_machine_deploy):
+    if not is_state_of(state, kind, waves.names, per_machine_deploy=per_machine_deploy):
         raise ValueError("not a state of this run")
     return state
+
+
+def _state_name(value: object) -> str:
+    """A state as ``history`` shows it: one of ours in form (``phase`` or ``phase:wave``);
+    whether its wave belongs to the run is checked where the run's machines are read."""
+    state = _text(value)
+    StateName.parse(state)  # ValueError: not a phase of ours
+    return state
+
+
+def _waves(machines: Sequence[MachineRecord]) -> Waves:
+    """The run's waves from its machines' wave numbers (none before schema 7, or for a run
+    that takes one machine at a time: each machine is its own wave)."""
+    if all(machine.wave is None for machine in machines):
+        return Waves.one_by_one([machine.name for machine in machines])
+    groups: dict[int, list[str]] = {}
+    for machine in machines:
+        if machine.wave is None:
+            raise ValueError(f"machine {machine.name} has no wave")
+        groups.setdefault(machine.wave, []).append(machine.name)
+    return Waves(tuple(tuple(groups[number]) for number in sorted(groups)))
 
 
 @dataclass(frozen=True)
@@ -261,6 +303,8 @@ class MachineRecord:
     rollback_power_cycled_at: datetime | None = None
     rollback_boot_id_after: str | None = None
     rollback_healthy_at: datetime | None = None
+    # Schema 7: the 1-based number of the wave it goes down with; None: one at a time.
+    wave: int | None = None
 
     @property
     def skipped(self) -> bool:
@@ -297,17 +341,69 @@ class RunRecord:
     step_process: StepProcess | None = None
     # Schema 5: `deploy.mode: per-machine` when the run began (its state table depends on it).
     per_machine_deploy: bool = False
+    # Schema 6: while paused by the maintenance window, when the window opens next.
+    paused_until: datetime | None = None
 
     @property
     def finished(self) -> bool:
         return self.state in FINAL_STATES
 
+    # Schema 7: the machines in the waves they go down in (one by one unless configured).
+    waves: Waves = field(default_factory=lambda: Waves(()))
+
     @property
     def machine_names(self) -> list[str]:
         return [machine.name for machine in self.machines]
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, MachineRecord]:
+        return {machine.name: machine for machine in self.machines}
+
     def machine(self, name: str) -> MachineRecord:
-        return next(machine for machine in self.machines if machine.name == name)
+        return self._by_name[name]
+
+
+def _machine_record(field: _RowReader, run_id: int, machine: sqlite3.Row) -> MachineRecord:
+    return MachineRecord(
+        run_id=run_id,
+        position=field(machine, "machines", "position", _integer),
+        name=field(machine, "machines", "name", _text),
+        local=bool(field(machine, "machines", "local", _integer)),
+        host_key=field(machine, "machines", "host_key", _optional_text),
+        boot_id_before=field(machine, "machines", "boot_id_before", _optional_text),
+        boot_id_after=field(machine, "machines", "boot_id_after", _optional_text),
+        reboot_requested_at=field(machine, "machines", "reboot_requested_at", _timestamp),
+        reboot_requests=field(machine, "machines", "reboot_requests", _integer),
+        healthy_at=field(machine, "machines", "healthy_at", _timestamp),
+        error=field(machine, "machines", "error", _optional_text),
+        last_probes=field(machine, "machines", "last_probes", _probes),
+        nixos=field(machine, "machines", "nixos", _optional_flag),
+        generation_before=field(machine, "machines", "generation_before", _optional_integer),
+        generation_expected=field(machine, "machines", "generation_expected", _optional_integer),
+        generation_after=field(machine, "machines", "generation_after", _optional_integer),
+        system_before=field(machine, "machines", "system_before", _optional_text),
+        system_expected=field(machine, "machines", "system_expected", _optional_text),
+        system_after=field(machine, "machines", "system_after", _optional_text),
+        facts_before=field(machine, "machines", "facts_before", _facts),
+        facts_after=field(machine, "machines", "facts_after", _facts),
+        **{
+            column: field(machine, "machines", column, parse)
+            for column, parse in _SIDE_ROAD_FIELDS.items()
+        },
+        wave=field(machine, "machines", "wave", _optional_integer),
+    )
+
+
+@dataclass(frozen=True)
+class RunHead:
+    """A run without its machines: one line of ``history``."""
+
+    run_id: int
+    kind: RunKind
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
 
 
 class Store:
@@ -367,7 +463,7 @@ class Store:
                 connection.execute("PRAGMA journal_mode=WAL")  # persistent, stored in the file
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
-            check = connection.execute("PRAGMA quick_check").fetchone()[0]
+            check = connection.execute(_quick_check(whole=create)).fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
             store = cls(path, connection)
@@ -444,7 +540,14 @@ class Store:
         try:
             yield self._db
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read state store {self.path}: {exc}") from None
+            if type(exc) is not sqlite3.DatabaseError:  # not "malformed", "not a database"
+                raise StoreError(f"cannot read state store {self.path}: {exc}") from None
+            # A reader checked only the runs table on opening (see ``_quick_check``): damage
+            # elsewhere is found here, and said the same way.
+            raise StoreError(
+                f"state store {self.path} is corrupt or unreadable ({exc}); nothing was "
+                "rebooted. Move it aside to start afresh (the run history in it is lost)."
+            ) from None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -500,6 +603,12 @@ class Store:
                 db.execute("ALTER TABLE runs ADD COLUMN deploy_mode TEXT")
                 for column in _SIDE_ROAD_COLUMNS:
                     db.execute(f"ALTER TABLE machines ADD COLUMN {column}")
+            if version < 6:
+                # Version 6: when a run paused by the maintenance window goes on.
+                db.execute("ALTER TABLE runs ADD COLUMN paused_until TEXT")
+            if version < 7:
+                # Version 7: the wave each machine goes down with; older runs went one by one.
+                db.execute("ALTER TABLE machines ADD COLUMN wave INTEGER")
             db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     # -- runs ---------------------------------------------------------------------------------
@@ -511,8 +620,12 @@ class Store:
         config_path: Path,
         *,
         per_machine_deploy: bool = False,
+        waves: Waves | None = None,
     ) -> RunRecord:
+        """A new run of ``machines`` (name, local) in order; ``waves``, when given, groups
+        them (in the same order) into the waves they go down in."""
         started = iso(now())
+        number = {} if waves is None else {m: waves.number_of(m) for m, _ in machines}
         deploy_mode = "per-machine" if per_machine_deploy else None
         with self._write() as db:
             cursor = db.execute(
@@ -523,8 +636,11 @@ class Store:
             run_id = cursor.lastrowid
             assert run_id is not None
             db.executemany(
-                "INSERT INTO machines (run_id, position, name, local) VALUES (?, ?, ?, ?)",
-                [(run_id, index, name, int(local)) for index, (name, local) in enumerate(machines)],
+                "INSERT INTO machines (run_id, position, name, local, wave) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (run_id, index, name, int(local), number.get(name))
+                    for index, (name, local) in enumerate(machines)
+                ],
             )
             db.execute(
                 "INSERT INTO steps VALUES (?, ?, ?)", (run_id, Phase.PREFLIGHT.value, started)
@@ -725,6 +841,11 @@ class Store:
                 (boot_id_after, iso(now()), json.dumps(probes), run_id, name),
             )
 
+    def record_paused_until(self, run_id: int, until: datetime | None) -> None:
+        """When the window opens next, while the run is paused (None: not paused)."""
+        with self._write() as db:
+            db.execute("UPDATE runs SET paused_until=? WHERE run_id=?", (iso(until), run_id))
+
     def record_step_process(self, run_id: int, step: StepProcess) -> None:
         """Committed right after the update/deploy command starts, before it does anything
         that matters: a resume after a kill finds the group and ends it first."""
@@ -767,51 +888,14 @@ class Store:
             reported = "end_reported_at" if "end_reported_at" in columns else "finished_at"
             field = _RowReader(self.path, run_id)
             kind = field(row, "runs", "kind", RunKind)
-            machine_records = tuple(
-                MachineRecord(
-                    run_id=run_id,
-                    position=field(machine, "machines", "position", _integer),
-                    name=field(machine, "machines", "name", _text),
-                    local=bool(field(machine, "machines", "local", _integer)),
-                    host_key=field(machine, "machines", "host_key", _optional_text),
-                    boot_id_before=field(machine, "machines", "boot_id_before", _optional_text),
-                    boot_id_after=field(machine, "machines", "boot_id_after", _optional_text),
-                    reboot_requested_at=field(
-                        machine, "machines", "reboot_requested_at", _timestamp
-                    ),
-                    reboot_requests=field(machine, "machines", "reboot_requests", _integer),
-                    healthy_at=field(machine, "machines", "healthy_at", _timestamp),
-                    error=field(machine, "machines", "error", _optional_text),
-                    last_probes=field(machine, "machines", "last_probes", _probes),
-                    nixos=field(machine, "machines", "nixos", _optional_flag),
-                    generation_before=field(
-                        machine, "machines", "generation_before", _optional_integer
-                    ),
-                    generation_expected=field(
-                        machine, "machines", "generation_expected", _optional_integer
-                    ),
-                    generation_after=field(
-                        machine, "machines", "generation_after", _optional_integer
-                    ),
-                    system_before=field(machine, "machines", "system_before", _optional_text),
-                    system_expected=field(machine, "machines", "system_expected", _optional_text),
-                    system_after=field(machine, "machines", "system_after", _optional_text),
-                    facts_before=field(machine, "machines", "facts_before", _facts),
-                    facts_after=field(machine, "machines", "facts_after", _facts),
-                    **{
-                        column: field(machine, "machines", column, parse)
-                        for column, parse in _SIDE_ROAD_FIELDS.items()
-                    },
-                )
-                for machine in machines
-            )
-            names = [machine.name for machine in machine_records]
+            machine_records = tuple(_machine_record(field, run_id, m) for m in machines)
+            waves = field(row, "runs", "run_id", lambda _: _waves(machine_records))
             step_pgid = row["step_pgid"] if "step_pgid" in columns else None
             per_machine = field(row, "runs", "deploy_mode", _deploy_mode)
             return RunRecord(
                 run_id=run_id,
                 kind=kind,
-                state=field(row, "runs", "state", lambda v: _state(v, kind, names, per_machine)),
+                state=field(row, "runs", "state", lambda v: _state(v, kind, waves, per_machine)),
                 started_at=field(row, "runs", "started_at", _required_timestamp),
                 finished_at=field(row, "runs", "finished_at", _timestamp),
                 error=field(row, "runs", "error", _optional_text),
@@ -823,7 +907,28 @@ class Store:
                 if step_pgid is None
                 else field(row, "runs", "step_pgid", lambda _: _step_process(row)),
                 per_machine_deploy=per_machine,
+                paused_until=field(row, "runs", "paused_until", _timestamp),
+                waves=waves,
             )
+
+    def machine(self, run_id: int, name: str) -> MachineRecord:
+        """One machine's record: what the engine asks many times per machine, without
+        reading the whole run (500 rows at 500 machines)."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT * FROM machines WHERE run_id=? AND name=?", (run_id, name)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"state store {self.path}: run {run_id} has no machine {name!r}")
+        return _machine_record(_RowReader(self.path, run_id), run_id, row)
+
+    def step_process(self, run_id: int) -> StepProcess | None:
+        """The run's update/deploy step in progress, read alone (see ``machine``)."""
+        with self._read() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None or row["step_pgid"] is None:
+            return None
+        return _RowReader(self.path, run_id)(row, "runs", "step_pgid", lambda _: _step_process(row))
 
     def latest_run(self) -> RunRecord | None:
         with self._read() as db:
@@ -850,6 +955,30 @@ class Store:
                 tuple(FINAL_STATES),
             ).fetchone()
         return self.run(row[0]) if row and row[0] is not None else None
+
+    def run_heads(self, limit: int = 50) -> list[RunHead]:
+        """The latest runs, newest first, without their machines: ``history`` of 20 runs of
+        500 machines would otherwise read 10,000 machine rows to print 20 lines."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT run_id, kind, state, started_at, finished_at, error FROM runs"
+                " ORDER BY run_id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        heads = []
+        for row in rows:
+            field = _RowReader(self.path, row["run_id"])
+            heads.append(
+                RunHead(
+                    run_id=row["run_id"],
+                    kind=field(row, "runs", "kind", RunKind),
+                    state=field(row, "runs", "state", _state_name),
+                    started_at=field(row, "runs", "started_at", _required_timestamp),
+                    finished_at=field(row, "runs", "finished_at", _timestamp),
+                    error=field(row, "runs", "error", _optional_text),
+                )
+            )
+        return heads
 
     def runs(self, limit: int = 50) -> list[RunRecord]:
         with self._read() as db:
@@ -929,6 +1058,8 @@ _READABLE_VERSIONS = (
     2,
     3,
     4,
+    5,
+    6,
     SCHEMA_VERSION,
 )  # readers never migrate; a run does on its next start
 _STEP_COLUMNS = (

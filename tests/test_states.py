@@ -77,7 +77,9 @@ def test_table_has_exactly_one_advance_per_working_state_and_no_shortcuts():
     side = {(row["source"], row["dest"]) for row in advances} - {
         (row["source"], row["dest"]) for row in advances if row["source"] in main_road
     }
-    assert side == {(f"rolling-back:{m}", f"verifying-rollback:{m}") for m in MACHINES}
+    assert side == {(f"rolling-back:{m}", f"verifying-rollback:{m}") for m in MACHINES} | {
+        (f"paused:{m}", f"rebooting:{m}") for m in MACHINES
+    }
     assert {row["dest"] for row in table if row["trigger"] == "abort"} == {"aborted"}
     aborts = {row["source"] for row in table if row["trigger"] == "abort"}
     assert aborts == set(all_states(RunKind.NIGHTLY, MACHINES)) - {"done", "aborted"}
@@ -143,3 +145,26 @@ def test_mermaid_diagram_names_every_state():
     diagram = mermaid(RunKind.NIGHTLY, ["a"])
     for state in work_states(RunKind.NIGHTLY, ["a"]):
         assert state.replace(":", "_") in diagram
+
+
+async def test_a_pause_leaves_only_a_machines_first_state_and_comes_back_to_it():
+    for per_machine, first in ((False, "rebooting:b"), (True, "deploying:b")):
+        table = transition_table(RunKind.NIGHTLY, ["a", "b"], per_machine_deploy=per_machine)
+        pauses = {(row["source"], row["dest"]) for row in table if row["trigger"] == "pause"}
+        assert pauses == {(first.replace(":b", ":a"), "paused:a"), (first, "paused:b")}
+        model = Model()
+        build_machine(
+            model, RunKind.NIGHTLY, ["a", "b"], initial="paused:b", per_machine_deploy=per_machine
+        )
+        assert await model.advance()  # type: ignore[attr-defined]
+        assert model.state == first
+    model = Model()
+    build_machine(model, RunKind.NIGHTLY, ["a"], initial="verifying:a")
+    with pytest.raises(MachineError):
+        await model.pause()  # type: ignore[attr-defined]
+
+
+def test_every_machine_stands_where_a_side_road_left_the_main_one():
+    for state in ("paused:b", "rolling-back:b", "verifying-rollback:b"):
+        shown = [machine_state(state, RunKind.NIGHTLY, ["a", "b", "c"], m) for m in "abc"]
+        assert shown == ["healthy", state.split(":")[0], "pending"], state

@@ -296,6 +296,39 @@ async def test_rounds_are_at_least_poll_interval_apart():
     assert all(0.2 * 0.95 <= gap < 0.2 + 1.5 for gap in gaps), gaps
 
 
+async def test_a_machine_not_back_yet_is_asked_again_at_the_catch_up_interval():
+    # Still on the old boot id (the reboot has not taken it down yet), then dark, then back:
+    # not a whole poll_interval between those rounds, or detection would wait out one.
+    host = FakeHost(Script(OLD, OLD, ProbeFailed("ssh: connection lost"), NEW))
+    rounds: list[GateRound] = []
+    started = time.monotonic()
+    await wait(host, rounds, gate=policy(stable_passes=1, poll_interval=5.0))
+    assert len(rounds) == 4
+    assert time.monotonic() - started < 1.0
+
+
+class SlowFirstRound(FakeHost):
+    """A first round that spends ``delay`` before its boot id, as one reconnecting does."""
+
+    def __init__(self, boot_ids: Script, delay: float) -> None:
+        super().__init__(boot_ids)
+        self._delay = delay
+
+    async def read_boot_id(self, timeout: float) -> str | None:
+        if not self.calls:
+            await asyncio.sleep(self._delay)
+        return await super().read_boot_id(timeout)
+
+
+async def test_the_stability_window_counts_from_the_end_of_the_first_pass():
+    host = SlowFirstRound(Script(NEW), delay=0.3)
+    rounds: list[GateRound] = []
+    await wait(host, rounds, gate=policy(stable_passes=2, poll_interval=0.2))
+    first_probed = next(at for what, at in host.calls if what == "state")
+    second_started = [at for what, at in host.calls if what == "boot"][1]
+    assert second_started - first_probed >= 0.2 * 0.95
+
+
 @pytest.mark.parametrize("allow_degraded", [True, False])
 async def test_a_degraded_system_passes_only_when_allowed(allow_degraded):
     host = FakeHost(Script(NEW), states=Script("degraded"))

@@ -79,6 +79,11 @@ def test_every_command_gives_one_line_for_a_malformed_row(tmp_path, case, comman
     table, column, _ = MALFORMED[case]
     argv = [sys.executable, "-m", "orchestrator", "--config", str(_config(tmp_path)), *command]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if command == ("history",) and table == "machines":
+        # history reads no machine rows (one line per run): it lists the run as it is.
+        assert result.returncode == 0, result.stderr
+        assert "deploying" in result.stdout and "Traceback" not in result.stderr
+        return
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
