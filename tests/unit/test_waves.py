@@ -59,6 +59,8 @@ def test_explicit_waves_set_the_order():
     ("extra", "problem"),
     [
         ({"max_unavailable": 0}, "max_unavailable: input should be greater than or equal to 1"),
+        ({"max_unavailable": True}, "max_unavailable: must be a whole number"),
+        ({"max_unavailable": 2.5}, "max_unavailable: must be a whole number"),
         ({"waves": [["a"], []]}, "waves[1]: must not be empty"),
         ({"waves": [["a", "x"], ["b", "c"]]}, "waves[0]: 'x' is not a machine"),
         ({"waves": [["a", "b"], ["b", "c"]]}, "waves[1]: b is already in waves[0]"),
