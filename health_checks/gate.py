@@ -99,7 +99,7 @@ class GatePolicy:
     # Between rounds of a machine that is back (a new boot id) but not passing yet: it is
     # about to, and a whole poll_interval of waiting would be added to every advance. Only
     # for the first catch_up_for seconds after it is back: one that stays unhealthy is not
-    # asked five times a second for the rest of reboot.timeout. Likewise for the first
+    # asked ten times a second for the rest of reboot.timeout. Likewise for the first
     # catch_up_for seconds of the wait while it is not back yet (see wait_until_healthy).
     catch_up_interval: float = 0.1
     catch_up_for: float = 30.0

@@ -850,8 +850,7 @@ def _group_waves(path: Path, config: Config, order: tuple[str, ...]) -> Waves:
             current = groups[-1] if groups else None
             if (
                 current is None
-                or machine.local
-                or config.machines[current[0]].local
+                or machine.local  # last in the order (checked above), so alone
                 or len(current) >= config.max_unavailable
                 or set(machine.depends_on) & set(current)
             ):

@@ -252,6 +252,24 @@ async def bounded(items: Sequence[_I], work: Callable[[_I], Awaitable[_T]]) -> l
     return list(await asyncio.gather(*(one(item) for item in items)))
 
 
+async def _all_to_the_end(
+    names: Sequence[str], work: Callable[[str], Awaitable[_T]]
+) -> tuple[dict[str, _T], list[tuple[str, OrchestratorError]]]:
+    """``work`` for each name at once, every one to its end: what each returned, and the
+    orchestrator errors each raised (anything else is raised at once: a bug or a cancel)."""
+    results = await asyncio.gather(*(work(name) for name in names), return_exceptions=True)
+    done: dict[str, _T] = {}
+    failed: list[tuple[str, OrchestratorError]] = []
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, OrchestratorError):
+            failed.append((name, result))
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            done[name] = result
+    return done, failed
+
+
 async def preflight_round(
     config: LoadedConfig, host: Host, http: HttpClients, policy: GatePolicy
 ) -> GateRound:
@@ -304,6 +322,9 @@ class Engine:
         self.policy = gate_policy(config)
         self._hosts: dict[str, Host] = {}
         self._warming: set[asyncio.Task[None]] = set()
+        # What asks the fleet in the background shares one bound: the interlock's rounds,
+        # the warm-up of the next wave's connections and its early generation reads.
+        self._probe_slots = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
         self._early: _EarlyTurn | None = None
         # The machines of the wave being gated, and those of them on a passing streak.
         self._gated: frozenset[str] = frozenset()
@@ -423,10 +444,9 @@ class Engine:
         is verifying, so that their boot-id reads and reboot requests need no handshake once
         ``wave`` passes. Best effort: a failure here is met again, and reported, by the real
         command."""
-        limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
 
         async def connect(host: Host) -> None:
-            async with limit:
+            async with self._probe_slots:
                 with contextlib.suppress(ProbeFailed, OrchestratorError):
                     await host.connect(self.policy.timeouts.connect)
 
@@ -455,16 +475,7 @@ class Engine:
         raised as one line."""
         if len(names) == 1:
             return {names[0]: await work(names[0])}
-        results = await asyncio.gather(*(work(name) for name in names), return_exceptions=True)
-        done: dict[str, _T] = {}
-        failed: list[tuple[str, OrchestratorError]] = []
-        for name, result in zip(names, results, strict=True):
-            if isinstance(result, OrchestratorError):
-                failed.append((name, result))
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                done[name] = result
+        done, failed = await _all_to_the_end(names, work)
         if failed:
             raise self._wave_failed(failed)
         return done
@@ -716,10 +727,8 @@ class Engine:
         return [m.name for m in self.record.machines if m.name not in members and not m.skipped]
 
     async def _interlock_round(self, others: list[str]) -> list[GateRound | BaseException]:
-        limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
-
         async def probe(other: str) -> GateRound:
-            async with limit:
+            async with self._probe_slots:
                 return await probe_once(self.target(other), self._http, self.policy, ProbeFailed)
 
         return await asyncio.gather(*(probe(o) for o in others), return_exceptions=True)
@@ -744,10 +753,9 @@ class Engine:
         facts: dict[str, asyncio.Task[Facts]] = {}
         first = machine_phases(self.kind, self.record.per_machine_deploy)[0]
         if first is Phase.REBOOTING:
-            limit = asyncio.Semaphore(defaults.PROBE_CONCURRENCY)
 
             async def read(name: str) -> Facts:
-                async with limit:
+                async with self._probe_slots:
                     return await generations.read(self.host(name), self.policy.timeouts.command)
 
             for name in self.waves.members(following):
@@ -1112,16 +1120,8 @@ class Engine:
         self._gated, self._passing = frozenset(rebooted), set()
         if len(rebooted) == 1:
             return await self._verify(rebooted[0])
-        results = await asyncio.gather(
-            *(self._verify(name) for name in rebooted), return_exceptions=True
-        )
-        failed: list[tuple[str, OrchestratorError]] = []
-        for name, result in zip(rebooted, results, strict=True):
-            if isinstance(result, OrchestratorError):
-                failed.append((name, result))
-            elif isinstance(result, BaseException):
-                raise result
-        if any(result == ROLL_BACK for result in results):
+        done, failed = await _all_to_the_end(rebooted, self._verify)
+        if ROLL_BACK in done.values():
             for name, error in failed:
                 self.store.record_machine_error(self.run_id, name, str(error))
                 log.error("%s: %s", name, error)

@@ -889,7 +889,13 @@ class Store:
             field = _RowReader(self.path, run_id)
             kind = field(row, "runs", "kind", RunKind)
             machine_records = tuple(_machine_record(field, run_id, m) for m in machines)
-            waves = field(row, "runs", "run_id", lambda _: _waves(machine_records))
+            try:
+                waves = _waves(machine_records)
+            except ValueError as exc:
+                raise StoreError(
+                    f"state store {self.path}: run {run_id} has a malformed machines.wave ({exc}); "
+                    "fix or delete that row, or move the store aside"
+                ) from None
             step_pgid = row["step_pgid"] if "step_pgid" in columns else None
             per_machine = field(row, "runs", "deploy_mode", _deploy_mode)
             return RunRecord(

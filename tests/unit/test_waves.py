@@ -5,13 +5,16 @@ and what `status` and systemd's status line say about a wave."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from datetime import timedelta
 
 import pytest
 
 from orchestrator import report, sdstatus
+from orchestrator.errors import StoreError
 from orchestrator.states import RunKind, Waves, machine_state, transition_table, work_states
-from orchestrator.store import Store, now
+from orchestrator.store import STORE_FILE, Store, now
 from tests.unit.test_interlock_config import PATH, error, load
 
 
@@ -159,3 +162,21 @@ def test_the_status_line_names_the_wave_being_rebooted(tmp_path):
         store.set_state(run.run_id, "rebooting:wave-2")
         summary = report.summarize(store.run(run.run_id))
     assert sdstatus.state_text(summary) == "rebooting wave-2 (2 of 3 waves, 2 machines)"
+
+
+def test_a_machine_left_out_of_the_waves_of_its_run_is_one_store_error_line(tmp_path):
+    with Store.open(tmp_path) as store:
+        run = store.create_run(
+            RunKind.NIGHTLY,
+            [(name, False) for name in "abc"],
+            PATH,
+            waves=Waves((("a", "b"), ("c",))),
+        )
+    with contextlib.closing(sqlite3.connect(tmp_path / STORE_FILE)) as db, db:
+        db.execute("UPDATE machines SET wave=NULL WHERE name='c'")
+    with Store.open(tmp_path) as store, pytest.raises(StoreError) as caught:
+        store.run(run.run_id)
+    assert str(caught.value) == (
+        f"state store {tmp_path / STORE_FILE}: run 1 has a malformed machines.wave (machine c "
+        "has no wave); fix or delete that row, or move the store aside"
+    )
